@@ -1,0 +1,22 @@
+"""What a user runs. Each job module has ``run(argv=None)`` (returns the summary dict it also writes to
+``summary.json``) and a ``__main__`` that only calls ``main(run)``."""
+import logging
+import sys
+
+JOBS = ("extract", "train", "render", "retrain", "autoencoder", "classifier", "demo")
+
+
+def main(run, argv=None):
+    """Run a job the way the command line does: user errors become one line and an exit code."""
+    from pipelines.errors import CadlError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run(argv)
+    except CadlError as e:
+        print(f"cadl: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("cadl: interrupted", file=sys.stderr)
+        return 130
+    return 0

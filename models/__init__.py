@@ -1,0 +1,1 @@
+"""Networks and losses only: the film VAE and the course's autoencoders and classifiers."""

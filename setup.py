@@ -1,0 +1,27 @@
+"""cadl: films, CelebA and image folders -> TFRecords (Beam) -> a convolutional VAE (TensorFlow) -> films.
+
+The same file ships the code to Beam workers: ``cadl extract ... --setup_file ./setup.py``.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="cadl",
+    version="0.1.0",
+    description="Batch pipeline: films and image datasets to TFRecords, a convolutional VAE, re-rendered films",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipelines", "pipelines.*", "models", "models.*", "jobs", "jobs.*"]),
+    install_requires=[
+        "tensorflow>=2.16",            # Keras 3 is the Keras of TF >= 2.16
+        "apache-beam>=2.60",
+        "numpy",
+        "pillow",
+        "imageio>=2.30",
+        "imageio-ffmpeg>=0.5",          # ships an ffmpeg binary: no system ffmpeg needed
+        "opencv-python-headless",       # cv2 without GUI libraries: imports on servers and Beam workers
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["cadl=jobs.cli:main"]},
+)
