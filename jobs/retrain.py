@@ -1,0 +1,610 @@
+"""``cadl retrain``: one idempotent scheduled step — extract what is new, warm-start, evaluate, promote.
+
+    cadl retrain --inputs DIR [--inputs DIR ...] --work WORKDIR [training options]
+
+1. ``cadl extract --incremental`` adds only inputs not yet in ``WORKDIR/data`` ("skipping N already
+   extracted"). When nothing is new and the promoted model has already seen all of the data, the run says
+   "nothing new" and exits 0 without training (``--force`` trains anyway).
+2. ``cadl train`` warm-starts from the promoted model (``--init-from``; from scratch the first time) on
+   all shards, old and new, for the given budget, into a candidate folder with a temporary name.
+3. The candidate and the promoted model are evaluated on the same validation split with the same metrics
+   (validation loss and PSNR, ``jobs.train.evaluate``).
+4. The candidate is promoted when it is not worse than the promoted model within the tolerances: it is
+   renamed to the next version ``WORKDIR/models/vNNNN`` and ``WORKDIR/models/LATEST`` is switched to it
+   atomically. A rejected candidate is kept in ``WORKDIR/candidates/`` for inspection.
+
+WORKDIR layout:
+
+    data/                      the dataset (manifest.json + shards), grown by each run
+    models/v0001/, v0002/ ...  promoted run folders (cadl train's layout + retrain.json: the decision)
+    models/LATEST -> v0002     relative symlink to the promoted version; `cadl render --model` takes it
+    candidates/RUN_ID/         rejected candidates (+ retrain.json saying why); the newest --keep-rejected
+    candidates/.partial-RUN_ID a candidate being trained; never promoted until complete
+    summary.json               the last run's summary;  history.jsonl: one line per run, newest last
+    state.json                 what the last completed run trained on (decides "nothing new")
+    retrain.lock               pid lock while a run is active
+
+Safety: ``LATEST`` only ever moves by an atomic rename, after the candidate is complete, evaluated and
+renamed into place; a failure at any step leaves ``LATEST`` and every version untouched. A run killed
+mid-training leaves its ``.partial-*`` folder and a stale lock; the next run takes the lock over, resumes
+that candidate from its last checkpoint when the data and options are unchanged (or discards it), and
+finishes a promotion that was cut off between its two renames.
+
+Exit codes: 0 done (promoted, rejected or nothing new), 75 (EX_TEMPFAIL) another retrain holds the lock
+(nothing was touched; try later), 2 a user error (one line naming the file), 130 interrupted.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+
+import jobs
+from pipelines import atomic
+from pipelines.errors import CadlError
+from pipelines.lock import EXIT_BUSY, PidLock
+
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+LATEST = "LATEST"
+PARTIAL = ".partial-"
+DECISION = "retrain.json"      # written into every candidate: its plan, metrics and the decision
+
+# Options retrain owns; they may not be passed through to train.
+_OWN_TRAIN_OPTIONS = ("--data", "--out", "--init-from")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="cadl retrain",
+        description="One scheduled retraining step, safe to run from cron, a systemd timer or Airflow: extract "
+                    "only new inputs into WORKDIR/data, warm-start the VAE from the promoted model, evaluate "
+                    "candidate and promoted model on the same validation set, and promote the candidate to "
+                    "WORKDIR/models/vNNNN (LATEST switched atomically) only if it is not worse. Exit codes: "
+                    f"0 done or nothing new, {EXIT_BUSY} another retrain is in progress (nothing touched), "
+                    "2 user error, 130 interrupted. Options not listed here are passed to 'cadl train' "
+                    "(see 'cadl train --help'), e.g. --learning-rate.",
+        epilog="Example (hourly from cron): cadl retrain --inputs /srv/films --work /srv/cadl "
+               "--max-seconds 1800 --size 72x128")
+    p.add_argument("--inputs", "--input", dest="inputs", action="append", required=True, metavar="PATH",
+                   help="a film, a folder (searched recursively), a glob, or a CelebA root; repeat for several. "
+                        "Inputs already in WORKDIR/data (same path, size and modification time) are skipped")
+    p.add_argument("--work", required=True, metavar="WORKDIR",
+                   help="the working folder holding data/, models/, candidates/ and the run summaries "
+                        "(created on the first run)")
+    p.add_argument("--force", action="store_true",
+                   help="train and evaluate a candidate even when nothing is new")
+
+    g = p.add_argument_group("extraction (passed to cadl extract; fixed by the first run)")
+    g.add_argument("--size", metavar="HxW",
+                   help="image size of the dataset, e.g. 64x64 or 72x128 (default: cadl extract's). The "
+                        "dataset keeps the size of its first run")
+    g.add_argument("--fit", choices=("crop", "pad", "stretch"),
+                   help="how frames are fitted to --size (default: cadl extract's, crop)")
+    g.add_argument("--every", type=int, metavar="N", help="keep every Nth frame of a film (default: all)")
+    g.add_argument("--validation-fraction", type=float, metavar="F",
+                   help="fraction of each film held out for validation, in blocks of a few seconds "
+                        "(default: cadl extract's, 0.05)")
+
+    g = p.add_argument_group("training budget (passed to cadl train; any other train option may follow)")
+    g.add_argument("--max-steps", type=int, metavar="N",
+                   help="train until global step N (a resumed candidate stops at the same step)")
+    g.add_argument("--max-seconds", type=float, metavar="S", help="train for at most S seconds of wall time")
+    g.add_argument("--epochs", type=float, metavar="E", help="train for E passes over the training split")
+    g.add_argument("--batch-size", type=int, metavar="B", help="images per training step")
+
+    g = p.add_argument_group("promotion gate")
+    g.add_argument("--loss-tolerance", type=float, default=0.01, metavar="FRACTION",
+                   help="the candidate's validation loss may exceed the promoted model's by this fraction of "
+                        "it (default: 0.01 = 1%%; negative demands an improvement)")
+    g.add_argument("--psnr-tolerance", type=float, default=0.1, metavar="DB",
+                   help="the candidate's validation PSNR may be this many dB below the promoted model's "
+                        "(default: 0.1; negative demands an improvement)")
+    g.add_argument("--keep-rejected", type=int, default=10, metavar="N",
+                   help="keep the newest N rejected candidates in WORKDIR/candidates, delete older ones "
+                        "(default: 10)")
+    return p
+
+
+def run(argv=None):
+    args, train_extra = build_parser().parse_known_args(argv)
+    for option in train_extra:
+        if option.split("=", 1)[0] in _OWN_TRAIN_OPTIONS:
+            raise CadlError(f"retrain sets {option.split('=', 1)[0]} itself; remove it from the command line")
+    if args.keep_rejected < 0:
+        raise CadlError(f"--keep-rejected must be 0 or more, not {args.keep_rejected}")
+    work = os.path.abspath(args.work)
+    if os.path.exists(work) and not os.path.isdir(work):
+        raise CadlError(f"{work}: --work must be a folder")
+    try:
+        os.makedirs(work, exist_ok=True)
+    except OSError as e:
+        raise CadlError(f"{work}: cannot create the work folder ({e.strerror})") from None
+
+    lock = PidLock(os.path.join(work, "retrain.lock"), what="retrain")
+    lock.acquire()  # first: a busy lock raises LockBusy (exit 75) and we touch nothing else
+    previous_handler = _sigterm_as_interrupt()
+    try:
+        if lock.recovered is not None:
+            _say(f"recovered a stale lock left by pid {lock.recovered.get('pid')} (that process is gone)")
+        return Retrain(args, train_extra, work, stale_lock=lock.recovered).run()
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        lock.release()
+
+
+def _sigterm_as_interrupt():
+    """systemd and Airflow stop a job with SIGTERM: unwind like Ctrl-C so the lock is released and the
+    partial candidate is kept for the next run to resume. Returns the previous handler (None off main thread)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _say(message):
+    print(message, flush=True)
+
+
+class Workdir:
+    """The paths of a WORKDIR and the operations that move models between them."""
+
+    def __init__(self, root):
+        self.root = root
+        self.data = os.path.join(root, "data")
+        self.models = os.path.join(root, "models")
+        self.candidates = os.path.join(root, "candidates")
+        self.latest = os.path.join(self.models, LATEST)
+        self.summary = os.path.join(root, "summary.json")
+        self.history = os.path.join(root, "history.jsonl")
+        self.state = os.path.join(root, "state.json")
+
+    def versions(self):
+        """Version folder names, oldest first."""
+        if not os.path.isdir(self.models):
+            return []
+        names = [n for n in os.listdir(self.models)
+                 if VERSION_RE.match(n) and os.path.isdir(os.path.join(self.models, n))]
+        return sorted(names, key=lambda n: int(n[1:]))
+
+    def next_version(self):
+        versions = self.versions()
+        return f"v{(int(versions[-1][1:]) + 1 if versions else 1):04d}"
+
+    def current(self):
+        """The promoted version's name, or None before the first promotion."""
+        if not os.path.lexists(self.latest):
+            return None
+        if not os.path.islink(self.latest):
+            raise CadlError(f"{self.latest}: expected a symlink to a version folder")
+        target = os.readlink(self.latest)
+        if not VERSION_RE.match(target) or not os.path.isdir(os.path.join(self.models, target)):
+            raise CadlError(f"{self.latest}: points to {target!r}, which is not a version folder here")
+        return target
+
+    def point_latest(self, version):
+        """Switch LATEST to ``version`` atomically: a new symlink under a temporary name, then rename."""
+        tmp = os.path.join(self.models, f".{LATEST}.{os.getpid()}.tmp")
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.symlink(version, tmp)  # relative: the WORKDIR may be moved or mounted elsewhere
+        os.replace(tmp, self.latest)
+        _fsync_dir(self.models)
+
+    def partials(self):
+        if not os.path.isdir(self.candidates):
+            return []
+        return sorted(os.path.join(self.candidates, n) for n in os.listdir(self.candidates)
+                      if n.startswith(PARTIAL))
+
+    def rejected(self):
+        """Kept (complete) rejected candidates, oldest first (names start with the sortable run id)."""
+        if not os.path.isdir(self.candidates):
+            return []
+        return sorted(n for n in os.listdir(self.candidates)
+                      if not n.startswith(".") and os.path.isdir(os.path.join(self.candidates, n)))
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _run_id(workdir):
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    run_id, n = stamp, 1
+    while (os.path.exists(os.path.join(workdir.candidates, run_id))
+           or os.path.exists(os.path.join(workdir.candidates, PARTIAL + run_id))):
+        n += 1
+        run_id = f"{stamp}-{n}"
+    return run_id
+
+
+def read_manifest(data_dir):
+    from pipelines import schema  # imports TensorFlow: only once the lock is ours
+
+    path = os.path.join(data_dir, schema.MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        return atomic.read_json(path)
+    except (OSError, ValueError) as e:
+        raise CadlError(f"{path}: unreadable dataset manifest ({e})") from None
+
+
+def data_fingerprint(manifest):
+    """A digest of what a dataset holds: every source with its size, mtime and record count, and the
+    split counts. Equal fingerprints mean a model trained on one has seen all of the other."""
+    if manifest is None:
+        return None
+    sources = {path: [info.get("size"), info.get("mtime"), info.get("count")]
+               for path, info in (manifest.get("sources") or {}).items()}
+    splits = {name: split.get("count") for name, split in (manifest.get("splits") or {}).items()}
+    blob = json.dumps({"sources": sources, "splits": splits, "image": manifest.get("image")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def record_counts(manifest):
+    if manifest is None:
+        return {"total": 0}
+    counts = {name: int(split.get("count", 0)) for name, split in (manifest.get("splits") or {}).items()}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def decide(candidate, current, loss_tolerance=0.01, psnr_tolerance=0.1):
+    """Promote the candidate? Returns ``(promoted, reason)``.
+
+    ``candidate`` and ``current`` are ``jobs.train.evaluate`` results (``loss``, ``psnr``) on the same
+    validation set; ``current`` is None before the first promotion. The candidate passes when its loss is
+    at most ``current loss + loss_tolerance * |current loss|`` and its PSNR at least
+    ``current PSNR - psnr_tolerance`` dB. Negative tolerances demand an improvement.
+    """
+    loss, psnr = float(candidate["loss"]), float(candidate["psnr"])
+    if not (math.isfinite(loss) and not math.isnan(psnr)):
+        return False, f"the candidate's validation metrics are not finite (loss {loss}, PSNR {psnr})"
+    if current is None:
+        return True, "first model: there is no promoted model to compare with"
+    cur_loss, cur_psnr = float(current["loss"]), float(current["psnr"])
+    if not math.isfinite(cur_loss):
+        return True, f"the promoted model's validation loss is not finite ({cur_loss})"
+    loss_limit = cur_loss + loss_tolerance * abs(cur_loss)
+    psnr_floor = cur_psnr - psnr_tolerance
+    figures = (f"validation loss {loss:.6g} vs {cur_loss:.6g} (limit {loss_limit:.6g}), "
+               f"PSNR {psnr:.3f} dB vs {cur_psnr:.3f} dB (floor {psnr_floor:.3f} dB)")
+    failed = []
+    if loss > loss_limit:
+        failed.append("validation loss is worse")
+    if psnr < psnr_floor:
+        failed.append("PSNR is worse")
+    if failed:
+        return False, f"{' and '.join(failed)} than the promoted model beyond tolerance: {figures}"
+    return True, f"not worse than the promoted model within tolerance: {figures}"
+
+
+class Retrain:
+    """One run of the scheduled step, with the lock held."""
+
+    def __init__(self, args, train_extra, work, stale_lock=None):
+        self.args = args
+        self.train_extra = list(train_extra)
+        self.wd = Workdir(work)
+        self.started = time.time()
+        self.run_id = _run_id(self.wd)
+        self.summary = {
+            "run_id": self.run_id, "workdir": work, "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", "trained": False,
+            "promoted": False, "reason": None, "recovered": {"stale_lock": stale_lock},
+            "tolerance": {"loss_fraction": args.loss_tolerance, "psnr_db": args.psnr_tolerance},
+            "seconds": {},
+        }
+        self.stage = "start"
+
+    # ----------------------------------------------------------------------------------------------
+    def run(self):
+        try:
+            self._finish_cut_off_promotion()
+            current = self.wd.current()
+            self.summary["current"] = {"version": current} if current else None
+            manifest = self._extract()
+            plan = self._plan(manifest, current)
+            if not self._needs_training(manifest, current):
+                return self._done("nothing new")
+            candidate = self._train(plan)
+            metrics = self._evaluate(candidate, current)
+            return self._promote_or_reject(candidate, plan, metrics, current)
+        except KeyboardInterrupt:
+            self._done("interrupted", error=f"interrupted during {self.stage}", quiet=True)
+            raise
+        except CadlError as e:
+            self._done("failed", error=str(e), quiet=True)
+            raise
+        except Exception as e:
+            self._done("failed", error=f"{type(e).__name__}: {e}", quiet=True)
+            raise CadlError(f"{self.wd.root}: retrain failed during {self.stage}: {type(e).__name__}: {e}; "
+                            f"LATEST is unchanged") from e
+
+    # ----------------------------------------------------------------------------------------------
+    def _finish_cut_off_promotion(self):
+        """A run killed between renaming its candidate to vNNNN and switching LATEST left a complete,
+        accepted version that LATEST does not point to: finish that promotion now."""
+        self.stage = "recovery"
+        versions = self.wd.versions()
+        if not versions:
+            return
+        newest = versions[-1]
+        current = self.wd.current() if os.path.lexists(self.wd.latest) else None
+        if current == newest or (current and int(current[1:]) > int(newest[1:])):
+            return
+        decision = _read_decision(os.path.join(self.wd.models, newest))
+        if not decision or not decision.get("promoted"):
+            return
+        _say(f"recovery: finishing the promotion of {newest} that an earlier run left half done")
+        self.wd.point_latest(newest)
+        self._write_state(decision.get("data_fingerprint"), decision.get("run_id"))
+        self.summary["recovered"]["finished_promotion"] = newest
+
+    def _extract(self):
+        self.stage = "extract"
+        from jobs import extract  # late: Beam and TensorFlow take seconds to import
+
+        before = read_manifest(self.wd.data)
+        argv = []
+        for path in self.args.inputs:
+            argv += ["--input", path]
+        argv += ["--output", self.wd.data, "--incremental"]
+        for option in ("size", "fit", "every", "validation_fraction"):
+            value = getattr(self.args, option)
+            if value is not None:
+                argv += ["--" + option.replace("_", "-"), str(value)]
+        _say(f"[1/4] extract (incremental) into {self.wd.data}")
+        t = time.time()
+        extracted = extract.run(argv)
+        self.summary["seconds"]["extract"] = time.time() - t
+        after = read_manifest(self.wd.data)
+        if after is None:
+            raise CadlError(f"{self.wd.data}: cadl extract wrote no manifest.json")
+
+        old = (before or {}).get("sources") or {}
+        new_sources = sorted(path for path, info in (after.get("sources") or {}).items()
+                             if old.get(path) != info)
+        already = _first_int(extracted, ("already_extracted", "skipped_existing", "inputs_already_extracted"))
+        if already is None:
+            already = len([p for p in (after.get("sources") or {}) if p in old and p not in new_sources])
+        seen = _first_int(extracted, ("inputs_seen", "inputs", "seen"))
+        if seen is None:
+            seen = already + len(new_sources)
+        _say(f"skipping {already} already extracted; {len(new_sources)} new input(s)")
+        counts_before, counts_after = record_counts(before), record_counts(after)
+        self.summary["inputs"] = {
+            "given": list(self.args.inputs), "seen": seen, "new": len(new_sources),
+            "already_extracted": already, "new_paths": new_sources,
+            "skipped": [s for s in (after.get("skipped") or []) if isinstance(s, dict)],
+        }
+        self.summary["records"] = dict(counts_after, new=counts_after["total"] - counts_before["total"])
+        self.summary["extract"] = extracted
+        self.summary["data_fingerprint"] = data_fingerprint(after)
+        return after
+
+    def _plan(self, manifest, current):
+        """What a candidate is trained from: the data, the warm start and the options. A partial candidate
+        with the same plan can resume; one with another plan is stale."""
+        return {
+            "data_fingerprint": data_fingerprint(manifest),
+            "init_from": current,
+            "train_argv": self._train_options(),
+        }
+
+    def _needs_training(self, manifest, current):
+        state = _read_json_or_none(self.wd.state) or {}
+        fingerprint = data_fingerprint(manifest)
+        if self.args.force:
+            self.summary["why_trained"] = "--force"
+            return True
+        if current is None:
+            self.summary["why_trained"] = "no promoted model yet"
+            return True
+        if self.summary["inputs"]["new"]:
+            self.summary["why_trained"] = f"{self.summary['inputs']['new']} new input(s)"
+            return True
+        if state.get("data_fingerprint") != fingerprint:
+            # extracted by an earlier run that did not finish training on it (killed, failed)
+            self.summary["why_trained"] = "data extracted by an earlier run that did not finish"
+            return True
+        _say(f"nothing new: every input is extracted and {current} was trained on all of it "
+             "(--force trains anyway)")
+        return False
+
+    def _train_options(self):
+        argv = []
+        for option in ("max_steps", "max_seconds", "epochs", "batch_size"):
+            value = getattr(self.args, option)
+            if value is not None:
+                argv += ["--" + option.replace("_", "-"), str(value)]
+        return argv + self.train_extra
+
+    def _train(self, plan):
+        self.stage = "train"
+        from jobs import train
+
+        os.makedirs(self.wd.candidates, exist_ok=True)
+        candidate = self._resumable_partial(plan) or os.path.join(self.wd.candidates, PARTIAL + self.run_id)
+        resumed = os.path.isdir(candidate)
+        if not resumed:
+            os.makedirs(candidate)
+            atomic.write_json(os.path.join(candidate, DECISION), {"run_id": self.run_id, "plan": plan})
+        argv = ["--data", self.wd.data, "--out", candidate]
+        if plan["init_from"]:
+            argv += ["--init-from", os.path.join(self.wd.models, plan["init_from"])]
+        argv += plan["train_argv"]
+        start = f"warm start from {plan['init_from']}" if plan["init_from"] else "from scratch"
+        _say(f"[2/4] train the candidate ({start}{', resuming its interrupted run' if resumed else ''}) "
+             f"into {candidate}")
+        self.summary["candidate"] = {"path": candidate, "init_from": plan["init_from"], "resumed": resumed,
+                                     "train_argv": argv}
+        t = time.time()
+        trained = train.run(argv)
+        self.summary["seconds"]["train"] = time.time() - t
+        self.summary["trained"] = True
+        self.summary["candidate"]["train"] = trained
+        if isinstance(trained, dict) and trained.get("interrupted"):
+            raise KeyboardInterrupt  # train stopped early on a signal: not a finished candidate
+        return candidate
+
+    def _resumable_partial(self, plan):
+        """Resume the partial candidate an interrupted run left, if it was started with the same plan;
+        discard any other partial candidate (it can never be finished)."""
+        keep = None
+        for partial in self.wd.partials():
+            decision = _read_decision(partial) or {}
+            if keep is None and decision.get("plan") == plan:
+                keep = partial
+                self.summary["recovered"]["resumed_candidate"] = partial
+                _say(f"recovery: resuming the candidate an interrupted run left in {partial}")
+            else:
+                _say(f"recovery: discarding the stale partial candidate {partial} (its data or options differ)")
+                self.summary["recovered"].setdefault("discarded_candidates", []).append(partial)
+                shutil.rmtree(partial)
+        return keep
+
+    def _evaluate(self, candidate, current):
+        self.stage = "evaluate"
+        from jobs import train
+
+        _say("[3/4] evaluate the candidate and the promoted model on the same validation set")
+        t = time.time()
+        metrics = {"candidate": _metrics(train.evaluate(candidate, self.wd.data, split="validation"))}
+        if current:
+            metrics["current"] = _metrics(train.evaluate(os.path.join(self.wd.models, current),
+                                                         self.wd.data, split="validation"))
+        self.summary["seconds"]["evaluate"] = time.time() - t
+        for who, m in metrics.items():
+            _say(f"  {who:<9} validation loss {m['loss']:.6g}  PSNR {m['psnr']:.3f} dB  ({m.get('count')} images)")
+        return metrics
+
+    def _promote_or_reject(self, candidate, plan, metrics, current):
+        self.stage = "promote"
+        promoted, reason = decide(metrics["candidate"], metrics.get("current"),
+                                  self.args.loss_tolerance, self.args.psnr_tolerance)
+        self.summary["candidate"]["metrics"] = metrics["candidate"]
+        if current:
+            self.summary["current"]["metrics"] = metrics["current"]
+        self.summary["promoted"], self.summary["reason"] = promoted, reason
+        decision = {"run_id": self.run_id, "plan": plan, "promoted": promoted, "reason": reason,
+                    "metrics": metrics, "previous": current, "data_fingerprint": plan["data_fingerprint"],
+                    "records": self.summary.get("records"), "decided": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if promoted:
+            version = self.wd.next_version()
+            decision["version"] = version
+            atomic.write_json(os.path.join(candidate, DECISION), decision)
+            os.makedirs(self.wd.models, exist_ok=True)
+            final = os.path.join(self.wd.models, version)
+            os.rename(candidate, final)          # complete and decided: now a version
+            _fsync_dir(self.wd.models)
+            self.wd.point_latest(version)        # the only moment LATEST moves
+            self.summary["version"] = version
+            self.summary["candidate"]["path"] = final
+            _say(f"[4/4] promoted {version}: {reason}")
+        else:
+            atomic.write_json(os.path.join(candidate, DECISION), decision)
+            final = os.path.join(self.wd.candidates, self.run_id)
+            os.rename(candidate, final)
+            self.summary["candidate"]["path"] = final
+            kept = f"kept {current}" if current else "no model promoted"
+            _say(f"[4/4] {kept}: candidate rejected ({reason}); it is kept in {final}")
+            self._prune_rejected()
+        self._write_state(plan["data_fingerprint"], self.run_id)
+        return self._done("promoted" if promoted else "rejected")
+
+    def _prune_rejected(self):
+        rejected = self.wd.rejected()
+        for name in rejected[:max(0, len(rejected) - self.args.keep_rejected)]:
+            shutil.rmtree(os.path.join(self.wd.candidates, name), ignore_errors=True)
+
+    def _write_state(self, fingerprint, run_id):
+        atomic.write_json(self.wd.state, {"data_fingerprint": fingerprint, "run_id": run_id,
+                                          "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def _done(self, status, error=None, quiet=False):
+        s = self.summary
+        s["status"] = status
+        if error:
+            s["error"], s["stage"] = error, self.stage
+            if s["reason"] is None:
+                s["reason"] = error
+        if status == "nothing new":
+            s["reason"] = "nothing new"
+        try:
+            s["latest"] = self.wd.current()
+        except CadlError:
+            s["latest"] = None
+        s["seconds"]["total"] = time.time() - self.started
+        s["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        try:
+            atomic.write_json(self.wd.summary, s)
+            _append_history(self.wd.history, s)
+        except OSError as e:
+            if not quiet:
+                raise CadlError(f"{self.wd.summary}: cannot write the run summary ({e.strerror})") from None
+        return s
+
+
+def _append_history(path, summary):
+    """One compact line per run; a single O_APPEND write, so concurrent readers never see half a line."""
+    line = {k: summary.get(k) for k in ("run_id", "status", "started", "finished", "promoted", "reason",
+                                        "version", "latest", "error")}
+    line["inputs_new"] = (summary.get("inputs") or {}).get("new")
+    line["records"] = (summary.get("records") or {}).get("total")
+    for who in ("candidate", "current"):
+        metrics = (summary.get(who) or {}).get("metrics")
+        if metrics:
+            line[who] = {"loss": metrics.get("loss"), "psnr": metrics.get("psnr")}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (json.dumps(line, sort_keys=True, default=str) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _metrics(result):
+    return {k: (float(v) if isinstance(v, (int, float)) and k != "count" else v) for k, v in dict(result).items()}
+
+
+def _read_decision(folder):
+    return _read_json_or_none(os.path.join(folder, DECISION))
+
+
+def _read_json_or_none(path):
+    try:
+        return atomic.read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _first_int(summary, keys):
+    if not isinstance(summary, dict):
+        return None
+    for key in keys:
+        value = summary.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            return value
+        if isinstance(value, (list, tuple)):
+            return len(value)
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(jobs.main(run))
