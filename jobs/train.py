@@ -1,0 +1,653 @@
+"""``cadl train --data DIR --out RUN``: train the convolutional VAE on extracted shards.
+
+The run folder is self-describing and resumable:
+
+    RUN/config.json            the model config (image_size, channels, fit, widths, latent, ...) + training options
+    RUN/checkpoints/           weights, optimizer state, step and sampling RNG; the last --keep of them
+    RUN/logs/{train,validation}  TensorBoard: losses, learning rate, images/s, montages
+    RUN/montages/              recon-STEP.png (a fixed validation batch: originals over reconstructions),
+                               latent-STEP.png (decodings of a fixed sample of z), reconstructions.gif
+    RUN/export/model.keras     the trained VAE (Keras 3 format: what Beam's RunInference handler loads)
+    RUN/export/saved_model/    a TensorFlow SavedModel with encode / decode / reconstruct signatures
+    RUN/summary.json           step, epochs, train and validation losses, validation PSNR, images/s, wall time
+
+Running the same command again resumes from the latest checkpoint ("resumed from step N"); ``--max-steps`` is
+the global target, so a resumed run ends where an uninterrupted one would. SIGINT/SIGTERM save a checkpoint
+before exiting; a ``kill -9`` loses at most the steps since the last one (checkpoints are written to temporary
+files and the pointer to them is switched atomically).
+
+GPU: ``--precision mixed_bfloat16|mixed_float16`` (float16 with dynamic loss scaling), ``--jit`` (XLA), and
+every visible GPU through ``tf.distribute.MirroredStrategy`` (``--batch-size`` is the global batch). Several
+machines: set ``TF_CONFIG`` on each worker (``{"cluster": {"worker": ["host1:port", "host2:port"]},
+"task": {"type": "worker", "index": i}}``), give every worker the same command with ``--strategy multiworker``
+and a shared ``--data`` (e.g. gs://); worker 0 (the chief) writes RUN, the others write into
+``RUN/workers/<index>/`` which can be deleted afterwards.
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+
+import jobs
+from pipelines import atomic, dataset
+from pipelines.errors import CadlError
+
+log = logging.getLogger("cadl.train")
+
+MODEL_FLAGS = ("arch", "widths", "blocks", "latent", "hidden", "norm", "activation", "dropout", "loss", "beta",
+               "beta_warmup")
+PRESETS = ("default", "tiny", "course")
+MONTAGE_IMAGES = 16  # the fixed validation batch shown in recon montages (two rows of originals/reconstructions)
+LATENT_SAMPLES = 36  # z ~ N(0, I) decoded in latent montages (6 x 6)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="cadl train",
+        description="Train the convolutional VAE on a dataset folder written by 'cadl extract'. Rerunning the "
+                    "same command on the same --out resumes from its latest checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset folder (manifest.json + shards); local or gs://...")
+    p.add_argument("--out", required=True, help="run folder: created, or resumed when it holds checkpoints")
+    stop = p.add_argument_group("when to stop (the first reached; none given: --epochs 10)")
+    stop.add_argument("--max-steps", type=int, help="global step target (a resumed run stops at the same step)")
+    stop.add_argument("--max-seconds", type=float, help="wall-clock budget of this invocation, in seconds")
+    stop.add_argument("--epochs", type=float, help="passes over the training split (global, like --max-steps)")
+
+    m = p.add_argument_group("model (stored in RUN/config.json; a resumed run keeps its own)")
+    m.add_argument("--preset", choices=PRESETS, default="default",
+                   help="named starting point: default (ours), tiny (tests), course (the lesson's network)")
+    m.add_argument("--arch", choices=("resnet", "course"), help="network family")
+    m.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")],
+                   help="channels per level, comma-separated; depth = their count; sides must divide by 2^depth")
+    m.add_argument("--blocks", type=int, help="residual blocks per level")
+    m.add_argument("--latent", type=int, help="size of z")
+    m.add_argument("--hidden", type=int, help="dense units between conv features and z (0: none)")
+    m.add_argument("--norm", choices=("group", "batch", "none"), help="normalisation layers")
+    m.add_argument("--activation", choices=("silu", "relu", "sigmoid", "elu"), help="hidden activation")
+    m.add_argument("--dropout", type=float, help="dropout rate after convolutions (0: none)")
+    m.add_argument("--loss", choices=("sse", "l1", "mix"), help="reconstruction loss summed over pixels")
+    m.add_argument("--beta", type=float, help="KL weight")
+    m.add_argument("--beta-warmup", type=int, help="steps over which beta ramps up from 0")
+    m.add_argument("--seed", type=int, default=0, help="weights, sampling noise and data order")
+    m.add_argument("--init-from", help="warm start: weights of this model (run folder, export folder or .keras); "
+                                       "ignored when RUN already has checkpoints")
+
+    t = p.add_argument_group("optimisation")
+    t.add_argument("--batch-size", type=int, default=32, help="images per step (global, over all replicas)")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+
+    d = p.add_argument_group("input pipeline")
+    d.add_argument("--augment", action="store_true", help="random horizontal flips")
+    d.add_argument("--cache", choices=("auto", "yes", "no"), default="auto",
+                   help="keep decoded training images in memory (auto: when they fit in 1 GiB)")
+    d.add_argument("--shuffle-buffer", type=int, default=0, help="images in the shuffle buffer (0: ~256 MiB)")
+    d.add_argument("--deterministic", action="store_true", help="reproducible input order (slower)")
+    d.add_argument("--skip-corrupt", action="store_true",
+                   help="skip (and count) unreadable shards instead of stopping with an error")
+    d.add_argument("--validation-batches", type=int, default=50, help="at most this many batches per validation")
+
+    o = p.add_argument_group("outputs")
+    o.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    o.add_argument("--checkpoint-seconds", type=float, default=120.0, help="also checkpoint after this many s")
+    o.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    o.add_argument("--montage-every", type=int, default=50,
+                   help="steps between montages, validation and GIF frames (0: only at the end)")
+    o.add_argument("--log-every", type=int, default=10, help="steps between TensorBoard scalars")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+    g = p.add_argument_group("accelerators")
+    g.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32",
+                   help="compute precision; mixed_float16 uses dynamic loss scaling")
+    g.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+    g.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker"), default="auto",
+                   help="auto: MirroredStrategy when more than one GPU is visible")
+    g.add_argument("--steps-per-execution", type=int, default=1, help="training steps per tf.function call")
+    return p
+
+
+# ---- configuration ----
+
+def model_config(args, manifest, stored=None):
+    """The model config: the stored one on resume (explicit conflicting flags are an error), else preset+flags."""
+    from models import vae
+
+    shape = dataset.image_shape(manifest)
+    explicit = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    if stored is not None:
+        conflicts = {k: v for k, v in explicit.items() if stored.get(k) != v}
+        if conflicts:
+            raise CadlError(f"{os.path.join(args.out, 'config.json')}: run was built with "
+                            + ", ".join(f"{k}={stored.get(k)!r}" for k in conflicts)
+                            + f"; it cannot resume with {conflicts}; use a new --out folder")
+        return vae.make_config(stored)
+    preset = {"default": {}, "tiny": vae.TINY, "course": vae.COURSE}[args.preset]
+    config = dict(preset)
+    config.update(explicit)
+    config.update(image_size=[shape[0], shape[1]], channels=shape[2], seed=args.seed,
+                  fit=(manifest.get("image") or {}).get("fit", "crop"))
+    try:
+        return vae.make_config(config)
+    except ValueError as e:
+        raise CadlError(f"{args.data}: {e}") from None
+
+
+def check_compatible(config, manifest, where, data_dir):
+    shape = dataset.image_shape(manifest)
+    want = (config["image_size"][0], config["image_size"][1], config["channels"])
+    if tuple(want) != tuple(shape):
+        raise CadlError(f"{where}: model is for {want[0]}x{want[1]}x{want[2]} images but {data_dir} holds "
+                        f"{shape[0]}x{shape[1]}x{shape[2]}; use a new --out folder or matching data")
+
+
+def pick_strategy(kind):
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+# ---- the run ----
+
+class Stopper:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints and leaves at the next step boundary."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: leave now
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def tb_scalar(name, value, step):
+    """A TensorBoard scalar, written with TensorFlow's own op (the ``tensorboard`` package is not needed)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    meta = summary_pb2.SummaryMetadata()
+    meta.plugin_data.plugin_name = "scalars"
+    tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=meta)
+
+
+def tb_image(name, image, step):
+    """A TensorBoard image summary (the images plugin's [width, height, png] string tensor)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    meta = summary_pb2.SummaryMetadata()
+    meta.plugin_data.plugin_name = "images"
+    meta.plugin_data.content = b""
+    png = tf.io.encode_png(image).numpy()
+    tensor = tf.constant([str(image.shape[1]).encode(), str(image.shape[0]).encode(), png])
+    tf.summary.write(name, tensor, step=step, metadata=meta)
+
+
+def _first_line(e):
+    text = str(getattr(e, "message", "") or e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+class Trainer:
+    """Holds the model, data, checkpoints and writers of one run folder; ``fit()`` trains."""
+
+    def __init__(self, args):
+        import keras
+        import tensorflow as tf
+
+        from models import vae
+
+        self.args, self.tf, self.keras = args, tf, keras
+        self.t0 = time.time()
+        self.out = os.path.abspath(args.out)
+        self.manifest = dataset.load_manifest(args.data)
+        self.train_files = dataset.split_files(args.data, self.manifest, "train")
+        self.train_count = dataset.split_count(self.manifest, "train")
+        self.val_split = "validation" if dataset.split_count(self.manifest, "validation") else (
+            "test" if dataset.split_count(self.manifest, "test") else "train")
+        self.val_files = dataset.split_files(args.data, self.manifest, self.val_split)
+        self.skipped = []  # [{"file", "reason"}] shards left out under --skip-corrupt
+
+        config_path = os.path.join(self.out, "config.json")
+        self.ckpt_dir = os.path.join(self.out, "checkpoints")
+        stored = None
+        if os.path.exists(config_path):
+            try:
+                stored = atomic.read_json(config_path)["model"]
+            except (ValueError, KeyError, OSError) as e:
+                raise CadlError(f"{config_path}: unreadable run config ({_first_line(e)})") from None
+            check_compatible(stored, self.manifest, config_path, args.data)
+        elif os.path.isdir(self.out) and os.listdir(self.out):
+            if os.path.exists(self.ckpt_dir):
+                raise CadlError(f"{self.out}: has checkpoints but no config.json; use a new --out folder")
+        self.config = model_config(args, self.manifest, stored)
+
+        keras.utils.set_random_seed(args.seed)
+        keras.mixed_precision.set_global_policy(args.precision)
+        self.strategy = pick_strategy(args.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        if args.batch_size % self.replicas:
+            raise CadlError(f"--batch-size {args.batch_size} must divide by the {self.replicas} replicas")
+        with self.strategy.scope():
+            self.model = vae.VAE(self.config, name="vae").build_all()
+            self.model.compile(optimizer=keras.optimizers.Adam(args.lr), jit_compile=bool(args.jit),
+                               steps_per_execution=args.steps_per_execution)
+            self.optimizer = self.model.optimizer
+            self.optimizer.build(self.model.trainable_variables)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=args.keep)
+
+        self.resumed_from = None
+        if self.manager.latest_checkpoint:
+            try:
+                self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            except (tf.errors.OpError, AssertionError, ValueError) as e:
+                raise CadlError(f"{self.manager.latest_checkpoint}: cannot restore ({_first_line(e)})") from None
+            self.resumed_from = self.step
+            log.info("resumed from step %d", self.step)
+        elif args.init_from:
+            self._warm_start(args.init_from)
+        atomic.write_json(config_path, {
+            "model": self.config, "image_size": self.config["image_size"], "channels": self.config["channels"],
+            "fit": self.config["fit"], "data": os.path.abspath(args.data) if "://" not in args.data else args.data,
+            "training": {k: v for k, v in vars(args).items() if k not in ("data", "out") + MODEL_FLAGS},
+        })
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    def _warm_start(self, path):
+        from models import vae
+
+        source = vae.load_model(path)
+        check_compatible(source.config, self.manifest, path, self.args.data)
+        arch = ("arch", "widths", "blocks", "latent", "hidden", "norm")
+        if any(source.config[k] != self.config[k] for k in arch):
+            # Warm start from a model is only meaningful for the same network: adopt its architecture.
+            raise CadlError(f"{path}: model architecture {[source.config[k] for k in arch]} differs from "
+                            f"this run's {[self.config[k] for k in arch]}; drop the conflicting model flags")
+        self.model.set_weights(source.get_weights())
+        log.info("warm start from %s", path)
+
+    # -- data --
+
+    def train_stream(self):
+        seed = self.args.seed * 1000003 + self.step  # a resumed run draws a fresh, reproducible order
+        prefetch = None
+        if self.replicas == 1 and self.tf.config.list_logical_devices("GPU"):
+            prefetch = "/gpu:0"
+        files = [f for f in self.train_files if f not in {s["file"] for s in self.skipped}]
+        ds = dataset.make_dataset(self.args.data, "train", self.args.batch_size, manifest=self.manifest,
+                                  files=files, training=True, augment=self.args.augment,
+                                  cache={"auto": "auto", "yes": True, "no": False}[self.args.cache],
+                                  shuffle_buffer=self.args.shuffle_buffer, deterministic=self.args.deterministic,
+                                  seed=seed, prefetch_device=prefetch)
+        if self.replicas > 1:
+            return iter(self.strategy.experimental_distribute_dataset(ds))
+        return iter(ds)
+
+    def val_dataset(self):
+        files = [f for f in self.val_files if f not in {s["file"] for s in self.skipped}]
+        ds = dataset.make_dataset(self.args.data, self.val_split, self.args.batch_size, manifest=self.manifest,
+                                  files=files, training=False)
+        return ds.take(self.args.validation_batches)
+
+    def data_error(self, error, files):
+        """A pipeline op failed: find the corrupt shard; skip it (--skip-corrupt) or stop naming it."""
+        bad = dataset.find_corrupt([f for f in files if f not in {s["file"] for s in self.skipped}],
+                                   self.manifest)
+        if not bad:
+            raise error
+        if not self.args.skip_corrupt:
+            path, reason = bad[0]
+            raise CadlError(f"{path}: corrupt shard ({reason}); rerun with --skip-corrupt to skip it")
+        for path, reason in bad:
+            log.warning("skipping corrupt shard %s (%s)", path, reason)
+            self.skipped.append({"file": path, "reason": reason})
+        if not [f for f in self.train_files if f not in {s["file"] for s in self.skipped}]:
+            raise CadlError(f"{self.args.data}: every training shard is corrupt")
+
+    # -- evaluation and pictures --
+
+    def validate(self):
+        while True:
+            try:
+                with warnings.catch_warnings():  # Keras warns that a finite dataset "ran out": it is meant to
+                    warnings.simplefilter("ignore", UserWarning)
+                    results = self.model.evaluate(self.val_dataset(), verbose=0, return_dict=True)
+                return {k: float(v) for k, v in results.items()}
+            except (self.tf.errors.DataLossError, self.tf.errors.InvalidArgumentError) as e:
+                self.data_error(e, self.val_files)
+
+    def fixed_batches(self):
+        import numpy as np
+
+        files = [f for f in self.val_files if f not in {s["file"] for s in self.skipped}]
+        images = dataset.load_images(self.args.data, self.val_split, MONTAGE_IMAGES, self.manifest, files)
+        rng = np.random.default_rng(self.args.seed)
+        z = rng.standard_normal((LATENT_SAMPLES, self.config["latent"])).astype(np.float32)
+        return images, z
+
+    def montages(self, images, z, writers):
+        """Write recon-STEP.png and latent-STEP.png, log them to TensorBoard, rebuild the GIF."""
+        import numpy as np
+
+        from jobs import visual
+
+        folder = os.path.join(self.out, "montages")
+        step = self.step
+        recon = self.model(images, training=False).numpy() if len(images) else images
+        n = len(images)
+        cols = max(1, min(8, n))
+        rows = []
+        for i in range(0, n, cols):  # originals row over their reconstructions row
+            rows += [visual.to_uint8(images[i:i + cols]), visual.to_uint8(recon[i:i + cols])]
+        picture = visual.montage(np.concatenate(rows), cols=cols) if n else None
+        samples = visual.montage(self.model.decoder(z, training=False).numpy())
+        if picture is not None:
+            visual.write_png(os.path.join(folder, f"recon-{step:07d}.png"), picture)
+        visual.write_png(os.path.join(folder, f"latent-{step:07d}.png"), samples)
+        with writers["validation"].as_default():
+            if picture is not None:
+                tb_image("reconstructions", picture, step)
+            tb_image("latent_samples", samples, step)
+        self.write_gif()
+
+    def write_gif(self):
+        from jobs import visual
+
+        folder = os.path.join(self.out, "montages")
+        frames = sorted(f for f in os.listdir(folder) if f.startswith("recon-") and f.endswith(".png"))
+        if len(frames) > 200:  # keep the GIF light: an even subsample, always with the last frame
+            frames = [frames[round(i * (len(frames) - 1) / 199)] for i in range(200)]
+        if frames:
+            import imageio.v2 as imageio
+            visual.write_gif(os.path.join(folder, "reconstructions.gif"),
+                             [imageio.imread(os.path.join(folder, f)) for f in frames], fps=4)
+
+    # -- export --
+
+    def export(self):
+        """export/model.keras and export/saved_model/, each appearing complete."""
+        folder = os.path.join(self.out, "export")
+        os.makedirs(folder, exist_ok=True)
+        with atomic.atomic_path(os.path.join(folder, "model.keras")) as tmp:
+            self.model.save(tmp)
+        export_saved_model(self.model, os.path.join(folder, "saved_model"))
+        return folder
+
+    def save_checkpoint(self):
+        path = self.manager.save(checkpoint_number=self.step)
+        return path
+
+    # -- the loop --
+
+    def fit(self):
+        import numpy as np
+        from tqdm import tqdm
+
+        tf, args = self.tf, self.args
+        target = args.max_steps
+        if args.epochs is not None:
+            epoch_steps = math.ceil(args.epochs * self.train_count / args.batch_size)
+            target = epoch_steps if target is None else min(target, epoch_steps)
+        if target is None and args.max_seconds is None:
+            target = math.ceil(10 * self.train_count / args.batch_size)
+        writers = {name: tf.summary.create_file_writer(os.path.join(self.out, "logs", name))
+                   for name in ("train", "validation")}
+        images, z = self.fixed_batches()
+        start_step, start_time = self.step, time.time()
+        train_seconds, train_steps = 0.0, 0
+        history, train_logs, stop_reason = [], {}, None
+        last_ckpt_step, last_ckpt_time = self.step, time.time()
+        window_t, window_steps = time.time(), 0
+        if self.step == 0:
+            self.montages(images, z, writers)
+        it = self.train_stream()
+        self.model.make_train_function()
+        bar = tqdm(total=target, initial=self.step, unit="step", disable=args.no_progress, dynamic_ncols=True,
+                   desc="train", file=sys.stderr)
+        with Stopper() as stopper:
+            while True:
+                if target is not None and self.step >= target:
+                    stop_reason = "max_steps" if args.epochs is None or target == args.max_steps else "epochs"
+                    break
+                if args.max_seconds is not None and time.time() - start_time >= args.max_seconds:
+                    stop_reason = "max_seconds"
+                    break
+                if stopper.signal:
+                    stop_reason = "interrupted"
+                    break
+                t = time.time()
+                try:
+                    logs = self.model.train_function(it)
+                except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+                    self.data_error(e, self.train_files)
+                    it = self.train_stream()
+                    continue
+                loss = float(logs["loss"])
+                dt = time.time() - t
+                done = self.step - start_step - train_steps
+                train_seconds, train_steps = train_seconds + dt, train_steps + done
+                window_steps += done
+                bar.update(done)
+                if not math.isfinite(loss):
+                    bar.close()
+                    good = self.manager.latest_checkpoint
+                    raise CadlError(f"{self.out}: loss became {loss} at step {self.step}; stopped "
+                                    f"(last good checkpoint: {good or 'none'}); try a lower --lr or --precision "
+                                    "float32")
+                step = self.step
+                if step % args.log_every < done or window_steps >= args.log_every:
+                    now = time.time()
+                    rate = window_steps * args.batch_size / max(now - window_t, 1e-9)
+                    train_logs = {k: float(v) for k, v in logs.items()}
+                    history.append({"step": step, **train_logs})
+                    bar.set_postfix(loss=f"{loss:.1f}", psnr=f"{train_logs['psnr']:.1f}", img_s=f"{rate:.0f}")
+                    with writers["train"].as_default():
+                        for k, v in train_logs.items():
+                            tb_scalar(k, v, step)
+                        tb_scalar("learning_rate", float(np.asarray(self.optimizer.learning_rate)), step)
+                        tb_scalar("images_per_s", rate, step)
+                    self.model.reset_metrics()  # train figures are means over the last window
+                    window_t, window_steps = now, 0
+                if args.montage_every and step % args.montage_every < done:
+                    self._validate_and_log(writers)
+                    self.montages(images, z, writers)
+                if (step - last_ckpt_step >= args.checkpoint_every
+                        or time.time() - last_ckpt_time >= args.checkpoint_seconds):
+                    self.save_checkpoint()
+                    last_ckpt_step, last_ckpt_time = step, time.time()
+        bar.close()
+        if not train_logs and train_steps:
+            train_logs = {k: float(v.result()) for k, v in zip([m.name for m in self.model.metrics],
+                                                               self.model.metrics)}
+        if self.step != last_ckpt_step or not self.manager.latest_checkpoint:
+            self.save_checkpoint()
+        if stop_reason == "interrupted":
+            log.info("%s at step %d: checkpoint saved; rerun the same command to resume", stopper.signal, self.step)
+            self._write_summary(stop_reason, train_logs, {}, history, start_step, train_steps, train_seconds)
+            raise KeyboardInterrupt
+        val = self._validate_and_log(writers)
+        self.montages(images, z, writers)
+        export = self.export()
+        for w in writers.values():
+            w.flush()
+        return self._write_summary(stop_reason, train_logs, val, history, start_step, train_steps,
+                                   train_seconds, export)
+
+    def _validate_and_log(self, writers):
+        val = self.validate()
+        with writers["validation"].as_default():
+            for k, v in val.items():
+                tb_scalar(k, v, self.step)
+        return val
+
+    def _write_summary(self, stop_reason, train_logs, val, history, start_step, train_steps, train_seconds,
+                       export=None):
+        summary = {
+            "step": self.step,
+            "epochs": self.step * self.args.batch_size / max(self.train_count, 1),
+            "resumed_from": self.resumed_from,
+            "steps_this_run": train_steps,
+            "stopped": stop_reason,
+            "train": train_logs,
+            "validation": val,
+            "validation_split": self.val_split,
+            "validation_psnr": val.get("psnr"),
+            "images_per_s": train_steps * self.args.batch_size / train_seconds if train_seconds else None,
+            "wall_time_s": time.time() - self.t0,
+            "history": history,
+            "skipped_shards": self.skipped,
+            "checkpoint": self.manager.latest_checkpoint,
+            "export": export,
+            "montages": os.path.join(self.out, "montages"),
+            "gif": os.path.join(self.out, "montages", "reconstructions.gif"),
+            "precision": self.args.precision,
+            "replicas": self.replicas,
+            "batch_size": self.args.batch_size,
+            "train_count": self.train_count,
+            "config": self.config,
+        }
+        atomic.write_json(os.path.join(self.out, "summary.json"), summary)
+        return summary
+
+
+def export_saved_model(model, path):
+    """A SavedModel with ``encode`` (uint8 images -> z_mean, z_log_var), ``decode`` (z -> uint8 images) and
+    ``reconstruct`` (uint8 -> uint8 through z_mean) signatures, written to a temp folder then swapped in."""
+    import keras
+    import tensorflow as tf
+
+    from models.vae import Inference, to_float
+
+    h, w = model.config["image_size"]
+    c, latent = model.config["channels"], model.config["latent"]
+    images = tf.TensorSpec([None, h, w, c], tf.uint8, name="images")
+    zs = tf.TensorSpec([None, latent], tf.float32, name="z")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def encode(x):
+        z_mean, z_log_var = model.encoder(to_float(x), training=False)
+        return {"z_mean": tf.cast(z_mean, tf.float32), "z_log_var": tf.cast(z_log_var, tf.float32)}
+
+    def decode(z):
+        return {"images": Inference._to_uint8(model.decoder(z, training=False))}
+
+    def reconstruct(x):
+        z_mean, _ = model.encoder(to_float(x), training=False)
+        return {"images": Inference._to_uint8(model.decoder(z_mean, training=False))}
+
+    archive.add_endpoint("encode", encode, input_signature=[images])
+    archive.add_endpoint("decode", decode, input_signature=[zs])
+    archive.add_endpoint("reconstruct", reconstruct, input_signature=[images])
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(prefix=".saved_model.", dir=parent)
+    try:
+        archive.write_out(os.path.join(tmp, "sm"), verbose=False)
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=".old_saved_model.", dir=parent)
+            os.replace(path, os.path.join(old, "sm"))
+        os.replace(os.path.join(tmp, "sm"), path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def evaluate(model_path, data_dir, split="validation", batch_size=64, skip_corrupt=False, max_batches=None):
+    """Loss terms and PSNR of the model at ``model_path`` on ``data_dir``'s ``split`` (deterministic: z = mean).
+
+    Returns {"loss", "reconstruction", "kl", "psnr", "count"}; per-image means.
+    """
+    import keras
+    import numpy as np
+
+    from models import vae
+
+    manifest = dataset.load_manifest(data_dir)
+    model = vae.load_model(model_path)
+    check_compatible(model.config, manifest, model_path, data_dir)
+    files = dataset.split_files(data_dir, manifest, split)
+    model.compile(optimizer=keras.optimizers.Adam())
+    skipped = []
+    while True:
+        model.reset_metrics()
+        ds = dataset.make_dataset(data_dir, split, batch_size, manifest=manifest, training=False,
+                                  files=[f for f in files if f not in skipped])
+        if max_batches:
+            ds = ds.take(max_batches)
+        count = 0
+        try:
+            for batch in ds:
+                model.test_step(batch)
+                count += int(batch.shape[0])
+            break
+        except Exception as e:
+            import tensorflow as tf
+
+            if not isinstance(e, (tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
+                raise
+            bad = dataset.find_corrupt([f for f in files if f not in skipped], manifest)
+            if not bad:
+                raise
+            if not skip_corrupt:
+                raise CadlError(f"{bad[0][0]}: corrupt shard ({bad[0][1]}); use skip_corrupt to skip it") from None
+            skipped += [p for p, _ in bad]
+    results = {m.name: float(np.asarray(m.result())) for m in model.metrics}
+    return {"loss": results["loss"], "reconstruction": results["reconstruction"], "kl": results["kl"],
+            "psnr": results["psnr"], "count": count}
+
+
+def run(argv=None):
+    args = build_parser().parse_args(argv)
+    for flag in ("max_steps", "batch_size", "keep", "log_every", "checkpoint_every", "steps_per_execution",
+                 "validation_batches"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "max_steps" else 1):
+            raise CadlError(f"--{flag.replace('_', '-')} must be positive, not {value}")
+    import keras
+
+    try:
+        trainer = Trainer(args)
+        summary = trainer.fit()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # a process-wide setting: leave it as found
+    val = summary["validation"]
+    log.info("step %d (%.2f epochs): train loss %.2f, validation loss %.2f, validation PSNR %.2f dB, "
+             "%.0f images/s; run folder %s", summary["step"], summary["epochs"],
+             summary["train"].get("loss", float("nan")), val.get("loss", float("nan")),
+             val.get("psnr", float("nan")), summary["images_per_s"] or 0.0, args.out)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(jobs.main(run))

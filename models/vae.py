@@ -1,0 +1,367 @@
+"""The film VAE: a convolutional variational autoencoder in Keras 3, and the inference wrapper render uses.
+
+    x (B, H, W, C) uint8 or [0, 1] floats
+      -> encoder "encoder": convs, stride-2 down ``depth`` times -> (B, H/2^d, W/2^d, widths[-1])
+                            -> flatten -> dense -> z_mean, z_log_var (B, latent)
+      -> Sampling (seeded): z = z_mean + exp(z_log_var / 2) * eps   (z = z_mean outside training)
+      -> decoder "decoder": dense -> (B, H/2^d, W/2^d, widths[-1]) -> nearest-upsample + conv, ``depth`` times
+                            -> (B, H, W, C) in [0, 1]
+
+Two architectures share this code: ``arch="resnet"`` (the default: residual blocks, GroupNorm, SiLU, nearest
+upsample + conv, which does not checkerboard) and ``arch="course"`` (the CADL session-3 network: stride-2
+convs and transposed convs, batch norm, sigmoid activations, dropout, a hidden dense layer), kept as the
+quality benchmark's baseline. The config dict is the model's only description: ``VAE(config)`` rebuilds it,
+``get_config`` returns it, and it is saved inside ``.keras`` files and the run folder's ``config.json``.
+"""
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from pipelines.errors import CadlError
+
+# Every knob, with its units and valid choices. Run folders store the full dict, so changing a default here
+# never changes a trained model.
+DEFAULTS = {
+    "image_size": [64, 64],     # [H, W] pixels; both must divide by 2**len(widths)
+    "channels": 3,              # 3 (RGB) or 1 (grey)
+    "fit": "crop",              # how frames of another aspect were fitted (crop|pad|stretch), for render
+    "arch": "resnet",           # "resnet" (ours) | "course" (the lesson's network, the baseline)
+    "widths": [32, 64, 128],    # channels per resolution level; depth = len(widths) stride-2 steps
+    "blocks": 1,                # residual blocks per level (resnet)
+    "latent": 128,              # size of z
+    "hidden": 0,                # dense units between conv features and z (0: none; the course uses 250)
+    "norm": "group",            # "group" | "batch" | "none"
+    "activation": "silu",       # "silu" | "relu" | "sigmoid" | "elu"
+    "dropout": 0.0,             # drop rate after each conv (the course's keep_prob 0.8 is 0.2)
+    "loss": "sse",              # reconstruction: "sse" summed squared error | "l1" summed absolute error
+                                # | "mix" (sse + l1 / 10)
+    "beta": 0.1,                # KL weight: loss = reconstruction + beta * KL (per image)
+    "beta_warmup": 500,         # steps over which beta ramps linearly from 0 (0: none)
+    "seed": 0,                  # sampling noise seed
+}
+
+# A small named variant for tests: trains in seconds.
+TINY = {"image_size": [16, 16], "widths": [8, 16], "latent": 8, "blocks": 1, "norm": "group",
+        "beta_warmup": 0}
+
+# The lesson's hyperparameters (CADL session 3), for the quality baseline.
+COURSE = {"arch": "course", "widths": [100, 100, 100], "hidden": 250, "latent": 100, "norm": "batch",
+          "activation": "sigmoid", "dropout": 0.2, "loss": "sse", "beta": 1.0, "beta_warmup": 0}
+
+
+def make_config(overrides=None, **kwargs):
+    """DEFAULTS updated with ``overrides`` and ``kwargs``, checked; unknown keys are an error."""
+    config = dict(DEFAULTS)
+    for source in (overrides or {}), kwargs:
+        for key, value in source.items():
+            if key not in DEFAULTS:
+                raise ValueError(f"unknown model option {key!r}")
+            config[key] = value
+    config["image_size"] = [int(v) for v in config["image_size"]]
+    config["widths"] = [int(v) for v in config["widths"]]
+    depth = len(config["widths"])
+    h, w = config["image_size"]
+    if depth < 1 or h % 2**depth or w % 2**depth:
+        raise ValueError(f"image size {h}x{w} must divide by 2**depth = {2**depth} (depth = len(widths))")
+    if config["arch"] not in ("resnet", "course"):
+        raise ValueError(f"arch must be resnet or course, not {config['arch']!r}")
+    if config["norm"] not in ("group", "batch", "none"):
+        raise ValueError(f"norm must be group, batch or none, not {config['norm']!r}")
+    if config["loss"] not in ("sse", "l1", "mix"):
+        raise ValueError(f"loss must be sse, l1 or mix, not {config['loss']!r}")
+    return config
+
+
+def _norm(kind, width, name):
+    if kind == "batch":
+        return layers.BatchNormalization(name=name)
+    if kind == "group":
+        return layers.GroupNormalization(groups=min(8, width), name=name)
+    return layers.Identity(name=name)
+
+
+def _act(kind, name):
+    return layers.Activation({"silu": "silu", "relu": "relu", "sigmoid": "sigmoid", "elu": "elu"}[kind],
+                             name=name)
+
+
+def _res_block(x, width, cfg, name):
+    """norm -> act -> conv -> norm -> act -> conv, plus the input (pre-activation residual block)."""
+    h = _norm(cfg["norm"], width, f"{name}_n1")(x)
+    h = _act(cfg["activation"], f"{name}_a1")(h)
+    h = layers.Conv2D(width, 3, padding="same", name=f"{name}_c1")(h)
+    h = _norm(cfg["norm"], width, f"{name}_n2")(h)
+    h = _act(cfg["activation"], f"{name}_a2")(h)
+    if cfg["dropout"]:
+        h = layers.Dropout(cfg["dropout"], name=f"{name}_drop")(h)
+    h = layers.Conv2D(width, 3, padding="same", name=f"{name}_c2")(h)
+    return layers.Add(name=f"{name}_add")([x, h])
+
+
+def build_encoder(cfg):
+    """Model "encoder": (B, H, W, C) floats in [0, 1] -> [z_mean, z_log_var], each (B, latent) float32."""
+    h_in, w_in = cfg["image_size"]
+    x_in = keras.Input((h_in, w_in, cfg["channels"]), name="image")
+    x = layers.Rescaling(2.0, offset=-1.0, name="to_pm1")(x_in)  # [-1, 1]: centred inputs train faster
+    if cfg["arch"] == "course":
+        for i, width in enumerate(cfg["widths"]):
+            x = layers.Conv2D(width, 3, strides=2, padding="same", name=f"down{i}")(x)
+            x = _norm(cfg["norm"], width, f"down{i}_norm")(x)
+            x = _act(cfg["activation"], f"down{i}_act")(x)
+            if cfg["dropout"]:
+                x = layers.Dropout(cfg["dropout"], name=f"down{i}_drop")(x)
+    else:
+        x = layers.Conv2D(cfg["widths"][0], 3, padding="same", name="stem")(x)
+        for i, width in enumerate(cfg["widths"]):
+            # Stride-2 conv halves H and W: (B, H/2^(i+1), W/2^(i+1), width)
+            x = layers.Conv2D(width, 3, strides=2, padding="same", name=f"down{i}")(x)
+            for b in range(cfg["blocks"]):
+                x = _res_block(x, width, cfg, f"enc{i}_res{b}")
+        x = _norm(cfg["norm"], cfg["widths"][-1], "enc_out_norm")(x)
+        x = _act(cfg["activation"], "enc_out_act")(x)
+    x = layers.Flatten(name="flatten")(x)  # (B, H/2^d * W/2^d * widths[-1])
+    if cfg["hidden"]:
+        x = layers.Dense(cfg["hidden"], name="hidden")(x)
+        if cfg["arch"] == "course" and cfg["norm"] == "batch":
+            x = layers.BatchNormalization(name="hidden_norm")(x)
+        x = _act(cfg["activation"], "hidden_act")(x)
+    # The latent heads stay float32 under mixed precision: exp(z_log_var) overflows float16.
+    z_mean = layers.Dense(cfg["latent"], name="z_mean", dtype="float32")(x)
+    z_log_var = layers.Dense(cfg["latent"], name="z_log_var", dtype="float32", kernel_initializer="zeros")(x)
+    return keras.Model(x_in, [z_mean, z_log_var], name="encoder")
+
+
+def build_decoder(cfg):
+    """Model "decoder": z (B, latent) -> (B, H, W, C) float32 in [0, 1]."""
+    depth = len(cfg["widths"])
+    h0, w0 = cfg["image_size"][0] // 2**depth, cfg["image_size"][1] // 2**depth
+    z_in = keras.Input((cfg["latent"],), name="z")
+    x = z_in
+    if cfg["hidden"]:
+        x = layers.Dense(cfg["hidden"], name="hidden")(x)
+        if cfg["arch"] == "course" and cfg["norm"] == "batch":
+            x = layers.BatchNormalization(name="hidden_norm")(x)
+        x = _act(cfg["activation"], "hidden_act")(x)
+    x = layers.Dense(h0 * w0 * cfg["widths"][-1], name="project")(x)
+    x = layers.Reshape((h0, w0, cfg["widths"][-1]), name="unflatten")(x)  # (B, H/2^d, W/2^d, widths[-1])
+    if cfg["arch"] == "course":
+        outs = list(reversed(cfg["widths"][:-1])) + [cfg["channels"]]
+        for i, width in enumerate(outs):
+            x = _norm(cfg["norm"], cfg["widths"][-1], f"up{i}_norm")(x) if i == 0 else x
+            x = _act(cfg["activation"], f"up{i}_act")(x)
+            if cfg["dropout"] and i > 0:
+                x = layers.Dropout(cfg["dropout"], name=f"up{i}_drop")(x)
+            last = i == len(outs) - 1
+            x = layers.Conv2DTranspose(width, 3, strides=2, padding="same", name=f"up{i}",
+                                       dtype="float32" if last else None)(x)
+            if not last:
+                x = _norm(cfg["norm"], width, f"up{i}_bn")(x)
+        out = layers.Activation("sigmoid", name="pixels", dtype="float32")(x)
+        return keras.Model(z_in, out, name="decoder")
+    for i, width in enumerate(reversed(cfg["widths"])):
+        for b in range(cfg["blocks"]):
+            x = _res_block(x, width, cfg, f"dec{i}_res{b}")
+        # Nearest upsample then conv: no checkerboard artefacts of transposed convs. (B, 2h, 2w, next width)
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{i}")(x)
+        nxt = cfg["widths"][::-1][i + 1] if i + 1 < depth else cfg["widths"][0]
+        x = layers.Conv2D(nxt, 3, padding="same", name=f"up{i}_conv")(x)
+    x = _norm(cfg["norm"], cfg["widths"][0], "dec_out_norm")(x)
+    x = _act(cfg["activation"], "dec_out_act")(x)
+    x = layers.Conv2D(cfg["channels"], 3, padding="same", name="to_pixels", dtype="float32")(x)
+    out = layers.Activation("sigmoid", name="pixels", dtype="float32")(x)
+    return keras.Model(z_in, out, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package="cadl")
+class Sampling(layers.Layer):
+    """z = z_mean + exp(z_log_var / 2) * eps with seeded noise (training); z = z_mean otherwise.
+
+    The noise state is a variable of the layer, so checkpoints carry it and a resumed run draws the
+    same noise as an uninterrupted one.
+    """
+
+    def __init__(self, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, z_mean, z_log_var, training=None):
+        if not training:
+            return z_mean
+        eps = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * eps
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def to_float(images):
+    """uint8 (0..255) -> float32 [0, 1]; floats pass through as float32."""
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) / 255.0
+    return tf.cast(images, tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="cadl")
+class VAE(keras.Model):
+    """Encoder + seeded sampling + decoder; ``train_step``/``test_step`` report loss, reconstruction, kl, psnr."""
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = make_config(config)
+        self.encoder = build_encoder(self.config)
+        self.decoder = build_decoder(self.config)
+        self.sampling = Sampling(self.config["seed"], name="sampling")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "reconstruction", "kl", "psnr")}
+        self.beta_value = keras.metrics.Mean(name="beta")  # the current beta, reported for the logs
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values()) + [self.beta_value]
+
+    def call(self, images, training=False):
+        z_mean, z_log_var = self.encoder(to_float(images), training=training)
+        z = self.sampling(z_mean, z_log_var, training=training)
+        return self.decoder(z, training=training)
+
+    def beta(self):
+        """beta ramped linearly over ``beta_warmup`` optimizer steps."""
+        beta = float(self.config["beta"])
+        warmup = int(self.config["beta_warmup"])
+        if not warmup or self.optimizer is None:
+            return tf.constant(beta, tf.float32)
+        step = tf.cast(self.optimizer.iterations, tf.float32)
+        return beta * tf.minimum(1.0, step / float(warmup))
+
+    def compute_terms(self, x, training):
+        """Per-batch means of the loss terms for float images ``x`` in [0, 1]; returns a dict of scalars."""
+        z_mean, z_log_var = self.encoder(x, training=training)
+        z = self.sampling(z_mean, z_log_var, training=training)
+        y = tf.cast(self.decoder(z, training=training), tf.float32)
+        err = y - x
+        sq = tf.reduce_sum(tf.square(err), axis=[1, 2, 3])  # (B,) summed over pixels
+        if self.config["loss"] == "sse":
+            rec = sq
+        elif self.config["loss"] == "l1":
+            rec = tf.reduce_sum(tf.abs(err), axis=[1, 2, 3])
+        else:
+            rec = sq + 0.1 * tf.reduce_sum(tf.abs(err), axis=[1, 2, 3])
+        # KL(q(z|x) || N(0, I)) per image, summed over the latent dimensions.
+        kl = -0.5 * tf.reduce_sum(1.0 + z_log_var - tf.square(z_mean) - tf.exp(z_log_var), axis=1)
+        pixels = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
+        psnr = 10.0 * tf.math.log(1.0 / tf.maximum(sq / pixels, 1e-10)) / tf.math.log(10.0)
+        beta = self.beta() if training else tf.constant(float(self.config["beta"]), tf.float32)
+        rec, kl = tf.reduce_mean(rec), tf.reduce_mean(kl)
+        return {"loss": rec + beta * kl, "reconstruction": rec, "kl": kl, "psnr": tf.reduce_mean(psnr),
+                "beta": beta}
+
+    def _report(self, terms, batch):
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name], sample_weight=batch)
+        self.beta_value.update_state(terms["beta"])
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x = to_float(data)
+        with tf.GradientTape() as tape:
+            terms = self.compute_terms(x, training=True)
+            # Gradients are summed over replicas: scale the per-replica mean; then loss-scale for float16.
+            loss = keras.src.losses.loss.scale_loss_for_distribution(terms["loss"])
+            loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._report(terms, tf.shape(x)[0])
+
+    def test_step(self, data):
+        x = to_float(data)
+        return self._report(self.compute_terms(x, training=False), tf.shape(x)[0])
+
+    def get_config(self):
+        return {"config": dict(self.config), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def build_all(self):
+        """Create every weight (a forward pass on zeros), so checkpoints restore and summaries work."""
+        h, w = self.config["image_size"]
+        self(np.zeros((1, h, w, self.config["channels"]), np.float32))
+        return self
+
+
+# ---- inference: what render, retrain and evaluate use ----
+
+def resolve_model_path(path):
+    """A run folder, its export folder, a ``.keras`` file or a symlink to any of them -> the ``.keras`` file."""
+    real = os.path.realpath(os.fspath(path))
+    candidates = [real] if real.endswith(".keras") else [
+        os.path.join(real, "export", "model.keras"), os.path.join(real, "model.keras")]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    if not os.path.exists(real):
+        raise CadlError(f"{path}: no such model (expected a run folder, its export/ folder or a .keras file)")
+    raise CadlError(f"{path}: no trained model here (looked for {', '.join(candidates)})")
+
+
+class Inference:
+    """A trained VAE for inference: uint8 frames in, latent means or uint8 frames out, deterministic."""
+
+    def __init__(self, model, path=None):
+        self.model = model
+        self.path = path
+        self.config = dict(model.config)
+        self.encoder, self.decoder = model.encoder, model.decoder
+        self._encode = tf.function(lambda x: self.encoder(to_float(x), training=False)[0],
+                                   reduce_retracing=True)
+        self._decode = tf.function(lambda z: self._to_uint8(self.decoder(z, training=False)),
+                                   reduce_retracing=True)
+        self._reconstruct = tf.function(
+            lambda x: self._to_uint8(self.decoder(self.encoder(to_float(x), training=False)[0],
+                                                  training=False)),
+            reduce_retracing=True)
+
+    @staticmethod
+    def _to_uint8(y):
+        return tf.cast(tf.round(tf.clip_by_value(tf.cast(y, tf.float32), 0.0, 1.0) * 255.0), tf.uint8)
+
+    def _check(self, images):
+        images = np.asarray(images)
+        h, w = self.config["image_size"]
+        if images.ndim != 4 or images.shape[1:] != (h, w, self.config["channels"]):
+            raise CadlError(f"{self.path or 'model'}: expects (B, {h}, {w}, {self.config['channels']}) "
+                            f"images, got {images.shape}")
+        return images
+
+    def encode(self, images):
+        """uint8 (B, H, W, C) -> float32 z_mean (B, latent)."""
+        return self._encode(tf.constant(self._check(images))).numpy()
+
+    def decode(self, z):
+        """(B, latent) -> uint8 (B, H, W, C)."""
+        return self._decode(tf.constant(np.asarray(z, np.float32))).numpy()
+
+    def reconstruct(self, images):
+        """uint8 (B, H, W, C) -> uint8 (B, H, W, C), through z = z_mean."""
+        return self._reconstruct(tf.constant(self._check(images))).numpy()
+
+
+def load_model(path):
+    """The ``VAE`` saved at ``path`` (run folder, export folder, ``.keras`` file or symlink)."""
+    keras_file = resolve_model_path(path)
+    try:
+        model = keras.saving.load_model(keras_file, compile=False)
+    except Exception as e:  # a truncated or foreign file: one line naming it
+        raise CadlError(f"{keras_file}: cannot load model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not isinstance(model, VAE):
+        raise CadlError(f"{keras_file}: not a cadl VAE (found {type(model).__name__})")
+    return model
+
+
+def load_inference(path):
+    """``Inference`` for the model at ``path`` (see ``resolve_model_path``)."""
+    return Inference(load_model(path), path=os.fspath(path))
