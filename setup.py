@@ -15,6 +15,7 @@ setup(
     install_requires=[
         "tensorflow>=2.16",            # Keras 3 is the Keras of TF >= 2.16
         "apache-beam>=2.60",
+        "google-crc32c",               # TFRecord checksums in C; without it Beam falls back to pure Python
         "numpy",
         "pillow",
         "imageio>=2.30",

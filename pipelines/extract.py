@@ -1,0 +1,617 @@
+"""The extraction pipeline (Apache Beam): inputs -> decoded, fitted, encoded pictures -> TFRecord shards.
+
+    films   Create -> Reshuffle -> PlanFilm (probe, sampling, validation blocks, time segments)
+                   -> Reshuffle -> DecodeFilmSegment (ffmpeg decodes and scales one segment)
+    stills  Create(batches of images / CelebA names) -> Reshuffle -> DecodeStills
+    both    -> WriteShards (rolling ~100 MB temp files per bundle, or exactly --num-shards via a shuffle)
+            + "report" (per-input facts, skipped inputs, written parts) and "moments" (per-pixel sums)
+              combined globally and written into the run's temp folder for the driver to finalize.
+
+A long film becomes many segments (separate work items), so every worker decodes a piece of it, and memory
+is one frame per worker whatever the film's length: records never pass through a shuffle in the default
+sharding, they are written by the worker that decoded them.
+
+Workers never import TensorFlow (2 s and ~0.6 GB per process): ``RecordEncoder`` writes the
+``tf.train.Example`` wire format of ``schema.FEATURES`` directly (tests check it parses to the same Example
+as ``schema.encode_record``), and ``TFRecordFile`` frames records with google-crc32c. The schema's version
+and feature names reach the workers as constructor arguments from the driver, which imports the schema.
+"""
+import bisect
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import struct
+import uuid
+from fractions import Fraction
+
+import apache_beam as beam
+import cv2
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from pipelines import geometry, media
+from pipelines.celeba import CelebA
+
+log = logging.getLogger("cadl.extract")
+
+REPORT = "report.json"           # written into the run's temp folder by the pipeline, read by the driver
+MOMENTS = "moments.npz"
+STILLS_PER_ITEM = 64             # images per work item: amortizes per-element overhead, still spreads well
+_NAMESPACE = "cadl.extract"      # Beam metrics namespace
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs, fixed when the pipeline is built (pickled into the DoFns)."""
+    size: tuple                  # (H, W) of every record's picture
+    fit: str                     # geometry.FITS
+    fmt: str                     # "png" | "jpeg"
+    quality: int = 95            # JPEG quality 1..100
+    png_level: int = 1           # zlib level 0..9: 1 is ~3x faster than 6 and only a few % larger
+    crop_factor: float | None = None  # central fraction kept before fitting stills; None: 0.8 CelebA, 1 others
+    every: int = 1               # keep every Nth frame of a film
+    fps: float | None = None     # or: keep the first frame of each 1/fps second (like ffmpeg -r)
+    start: float = 0.0           # seconds into each film
+    end: float | None = None     # seconds into each film (exclusive); None: to the end
+    validation_fraction: float = 0.05
+    validation_block: float = 4.0  # seconds: films go to validation in contiguous blocks this long
+    segment_seconds: float = 10.0  # seconds of film per work item
+    compression: str = ""        # "" | "GZIP"
+    shard_bytes: int = 100 * 2 ** 20  # target shard size when num_shards is 0
+    num_shards: int = 0          # > 0: exactly this many shards per split (at most; empty ones dropped)
+    tmp_dir: str = ""            # where parts, the report and the moments go before finalizing
+    schema_version: int = 1      # pipelines.schema.SCHEMA_VERSION, passed in by the driver
+    feature_names: tuple = ()    # pipelines.schema.FEATURES' keys, passed in by the driver
+    decoder_threads: int = 1     # ffmpeg decoder threads per segment (parallelism comes from workers)
+
+    @property
+    def suffix(self):
+        return ".tfrecord.gz" if self.compression == "GZIP" else ".tfrecord"
+
+
+def unit_hash(*parts):
+    """A stable number in [0, 1) from ``parts`` (the same on every machine and Python run)."""
+    digest = hashlib.md5("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def still_split(rel, fraction):
+    """Split of a still from an image folder: a hash of its path relative to the folder given."""
+    return "validation" if unit_hash("image", rel) < fraction else "train"
+
+
+def validation_blocks(name, duration, block, fraction):
+    """Indices of the ``block``-second blocks of film ``name`` that go to validation.
+
+    A block is chosen when the hash of (name, block) falls below ``fraction``; a film with two or more blocks
+    and none chosen gives its lowest-hashed block, so every film of some length has validation frames.
+    """
+    if fraction <= 0 or block <= 0:
+        return frozenset()
+    count = max(1, math.ceil(duration / block))
+    hashes = {b: unit_hash("film", name, b) for b in range(count)}
+    chosen = {b for b, h in hashes.items() if h < fraction}
+    if not chosen and count >= 2:
+        chosen = {min(hashes, key=hashes.get)}
+    return frozenset(chosen)
+
+
+# -- records without TensorFlow --------------------------------------------------------------------------
+def _varint(n):
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number, payload):
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(values):
+    return _field(1, b"".join(_field(1, v) for v in values))
+
+
+def _int_feature(values):
+    packed = b"".join(_varint(int(v)) for v in values)
+    return _field(3, _field(1, packed) if values else b"")
+
+
+def _float_feature(values):
+    return _field(2, _field(1, struct.pack(f"<{len(values)}f", *values)) if values else b"")
+
+
+def _entry(name, feature):
+    """One ``map<string, Feature>`` entry of ``Features``."""
+    return _field(1, _field(1, name.encode()) + _field(2, feature))
+
+
+class RecordEncoder:
+    """Serializes ``tf.train.Example`` records of the schema; the per-input part is encoded once."""
+
+    _FIELDS = ("image", "format", "height", "width", "channels", "source", "frame_index", "timestamp", "split",
+               "attributes", "schema_version")
+
+    def __init__(self, settings, channels=3):
+        if set(settings.feature_names) != set(self._FIELDS):
+            raise ValueError(f"the record schema's features {sorted(settings.feature_names)} are not the ones "
+                             f"this encoder writes {sorted(self._FIELDS)}")
+        h, w = settings.size
+        self._static = (_entry("format", _bytes_feature([settings.fmt.encode()])) +
+                        _entry("height", _int_feature([h])) + _entry("width", _int_feature([w])) +
+                        _entry("channels", _int_feature([channels])) +
+                        _entry("schema_version", _int_feature([settings.schema_version])))
+
+    def prefix(self, source, split, attributes=()):
+        """The fields shared by every record of one input and split."""
+        return (self._static + _entry("source", _bytes_feature([str(source).encode()])) +
+                _entry("split", _bytes_feature([split.encode()])) +
+                _entry("attributes", _int_feature(list(attributes))))
+
+    @staticmethod
+    def encode(prefix, image, frame_index=0, timestamp=0.0):
+        body = (prefix + _entry("image", _bytes_feature([image])) +
+                _entry("frame_index", _int_feature([frame_index])) +
+                _entry("timestamp", _float_feature([timestamp])))
+        return _field(1, body)
+
+
+def _masked_crc(data):
+    import google_crc32c  # C implementation; Beam's own fallback (crcmod) is pure Python
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class TFRecordFile:
+    """One shard being written: TFRecord framing (length, masked CRC32C of length, data, masked CRC32C)."""
+
+    def __init__(self, path, compression=""):
+        self.path, self.count, self.bytes, self.first_key = path, 0, 0, None
+        kind = CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED
+        self._file = FileSystems.create(path, mime_type="application/octet-stream", compression_type=kind)
+
+    def write(self, key, record):
+        header = struct.pack("<Q", len(record))
+        self._file.write(header + struct.pack("<I", _masked_crc(header)) + record +
+                         struct.pack("<I", _masked_crc(record)))
+        self.count += 1
+        self.bytes += len(record) + 16
+        if self.first_key is None or key < self.first_key:
+            self.first_key = key
+
+    def close(self):
+        self._file.close()
+        return {"path": self.path, "count": self.count, "bytes": self.bytes, "first_key": self.first_key}
+
+
+# -- per-pixel statistics --------------------------------------------------------------------------------
+class _Moments:
+    """Exact per-pixel count, sum and sum of squares (int64) of RGB uint8 pictures."""
+
+    def __init__(self, size):
+        self.count, self.size = 0, size
+        self.sum = self.sumsq = None
+
+    def add(self, rgb):
+        if self.sum is None:
+            self.sum = np.zeros(rgb.shape, np.int64)
+            self.sumsq = np.zeros(rgb.shape, np.int64)
+        wide = rgb.astype(np.int64)
+        self.sum += wide
+        self.sumsq += wide * wide
+        self.count += 1
+
+    def value(self):
+        return (self.count, self.sum, self.sumsq)
+
+
+class MomentsFn(beam.CombineFn):
+    """Sums (count, sum, sumsq) triples; the empty result is count 0 with zero arrays."""
+
+    def __init__(self, size, channels=3):
+        self.shape = tuple(size) + (channels,)
+
+    def create_accumulator(self):
+        return (0, None, None)
+
+    def add_input(self, acc, value):
+        return self.merge_accumulators([acc, value])
+
+    def merge_accumulators(self, accumulators):
+        count, total, squares = 0, None, None
+        for c, s, q in accumulators:
+            if not c:
+                continue
+            count += c
+            total = s.copy() if total is None else total + s
+            squares = q.copy() if squares is None else squares + q
+        return (count, total, squares)
+
+    def extract_output(self, acc):
+        count, total, squares = acc
+        if total is None:
+            total, squares = np.zeros(self.shape, np.int64), np.zeros(self.shape, np.int64)
+        return (count, total, squares)
+
+
+# -- the DoFns ------------------------------------------------------------------------------------------
+class _Encode:
+    """Fitting and encoding shared by the decoders (pictures arrive as BGR for OpenCV)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        if settings.fmt == "png":
+            self.ext, self.params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, settings.png_level]
+        else:
+            self.ext, self.params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, settings.quality]
+
+    def __call__(self, bgr):
+        ok, data = cv2.imencode(self.ext, bgr, self.params)
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode a {bgr.shape} picture as {self.ext}")
+        return data.tobytes()
+
+
+def _skip(counter, path, reason):
+    counter.inc()
+    log.warning("skipping %s: %s", path, reason)
+    return beam.pvalue.TaggedOutput("report", ("skip", path, reason))
+
+
+class PlanFilm(beam.DoFn):
+    """Film input -> its time segments (work items), plus a report of the film's facts."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.bad = Metrics.counter(_NAMESPACE, "bad_inputs")
+        self.segments = Metrics.counter(_NAMESPACE, "film_segments")
+
+    def process(self, item):
+        s = self.settings
+        try:
+            info = media.probe(item.path)
+        except media.MediaError as e:
+            yield _skip(self.bad, item.path, str(e).replace(f"{item.path}: ", "", 1))
+            return
+        tb = info.time_base
+        # Frames lo..hi-1 lie in [start, end) seconds from the first frame.
+        lo = bisect.bisect_left(info.pts, info.pts[0] + Fraction(str(s.start)) / tb) if s.start > 0 else 0
+        hi = (bisect.bisect_left(info.pts, info.pts[0] + Fraction(str(s.end)) / tb)
+              if s.end is not None else info.num_frames)
+        facts = {"kind": "film", "size": item.size, "mtime": item.mtime, "num_frames": info.num_frames,
+                 "fps": f"{info.fps.numerator}/{info.fps.denominator}", "vfr": info.vfr,
+                 "duration": info.duration, "width": info.width, "height": info.height,
+                 "video_codec": info.video_codec, "audio_codec": info.audio_codec}
+        yield beam.pvalue.TaggedOutput("report", ("facts", item.path, facts))
+        if lo >= hi:
+            yield _skip(self.bad, item.path, f"no frames between {s.start} s and {s.end} s")
+            return
+        blocks = validation_blocks(os.path.basename(item.path), info.duration, s.validation_block,
+                                   s.validation_fraction)
+        for a, b in info.segments(s.segment_seconds):
+            a, b = max(a, lo), min(b, hi)
+            if a >= b:
+                continue
+            # Ship only this segment's timestamps (and the one before, for seeking and --fps): memory per
+            # work item stays small however long the film is.
+            window = _PtsWindow(info.pts, max(0, a - 1), b)
+            self.segments.inc()
+            yield {"path": item.path, "info": dataclasses.replace(info, pts=window), "start": a, "stop": b,
+                   "first": lo, "blocks": blocks}
+
+
+class _PtsWindow:
+    """The timestamps ``pts[lo:hi]`` of a film (plus ``pts[0]``), indexed by absolute frame index: what
+    ``media.read_frames`` needs to decode frames lo+1..hi-1 with their true indices."""
+
+    def __init__(self, pts, lo, hi):
+        self.n, self.lo, self.first, self.values = len(pts), lo, pts[0], tuple(pts[lo:hi])
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self.n)
+            if start < self.lo or stop > self.lo + len(self.values):
+                raise IndexError(f"frames {start}..{stop} are outside this segment's window")
+            return self.values[start - self.lo:stop - self.lo:step]
+        if i < 0:
+            i += self.n
+        if i == 0:
+            return self.first
+        if not self.lo <= i < self.lo + len(self.values):
+            raise IndexError(f"frame {i} is outside this segment's window")
+        return self.values[i - self.lo]
+
+
+def _selected(segment, settings):
+    """Indices of the segment's frames that the sampling options keep."""
+    info, first = segment["info"], segment["first"]
+    indices = range(segment["start"], segment["stop"])
+    if settings.fps:
+        rate, tb, origin = Fraction(str(settings.fps)), info.time_base, info.pts[0]
+
+        def tick(i):
+            return math.floor((info.pts[i] - origin) * tb * rate)
+        return {i for i in indices if i == first or tick(i) != tick(i - 1)}
+    if settings.every > 1:
+        return {i for i in indices if (i - first) % settings.every == 0}
+    return None  # every frame
+
+
+class DecodeFilmSegment(beam.DoFn):
+    """One film segment -> records (split, key, serialized Example); reports its count and moments."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.records = Metrics.counter(_NAMESPACE, "records")
+        self.failed = Metrics.counter(_NAMESPACE, "failed_segments")
+
+    def setup(self):
+        self.encoder = RecordEncoder(self.settings)
+        self.encode = _Encode(self.settings)
+
+    def process(self, segment):
+        s, path, info = self.settings, segment["path"], segment["info"]
+        keep = _selected(segment, s)
+        prefixes = {split: self.encoder.prefix(path, split) for split in ("train", "validation")}
+        blocks, moments, count = segment["blocks"], _Moments(s.size), 0
+        try:
+            for index, timestamp, rgb in media.read_frames(path, s.size, s.fit, segment["start"], segment["stop"],
+                                                           info=info, threads=s.decoder_threads):
+                if keep is not None and index not in keep:
+                    continue
+                split = "validation" if blocks and int(timestamp // s.validation_block) in blocks else "train"
+                image = self.encode(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                moments.add(rgb)
+                count += 1
+                yield split, f"{path}\t{index:010d}", RecordEncoder.encode(prefixes[split], image, index, timestamp)
+        except media.MediaError as e:
+            # A damaged stretch of film (truncated file, corrupt GOP): the rest of the film still counts.
+            self.failed.inc()
+            log.warning("%s", e)
+            yield beam.pvalue.TaggedOutput("report", ("segment_error", path, str(e).replace(f"{path}: ", "", 1)))
+        self.records.inc(count)
+        yield beam.pvalue.TaggedOutput("report", ("count", path, count))
+        if count:
+            yield beam.pvalue.TaggedOutput("moments", moments.value())
+
+
+class DecodeStills(beam.DoFn):
+    """A batch of stills -> records. Element: {"kind": "image", "items": [Input, ...]} or
+    {"kind": "celeba", "root": path, "items": [(name, split, attributes), ...]}."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.records = Metrics.counter(_NAMESPACE, "records")
+        self.bad = Metrics.counter(_NAMESPACE, "bad_inputs")
+
+    def setup(self):
+        self.encoder = RecordEncoder(self.settings)
+        self.encode = _Encode(self.settings)
+        self.stores = {}
+
+    def teardown(self):
+        for store in getattr(self, "stores", {}).values():
+            store.close()
+
+    def process(self, batch):
+        s = self.settings
+        moments, counts = _Moments(s.size), {}
+        if batch["kind"] == "celeba":
+            root = batch["root"]
+            store = self.stores.get(root) or self.stores.setdefault(root, CelebA(root))
+            factor = 0.8 if s.crop_factor is None else s.crop_factor
+            work = [(f"{root}/{name}", name, root, split, attrs, lambda n=name: store.read(n))
+                    for name, split, attrs in batch["items"]]
+        else:
+            factor = 1.0 if s.crop_factor is None else s.crop_factor
+            work = [(item.path, item.path, item.path, still_split(item.rel, s.validation_fraction), (),
+                     lambda p=item.path: _read_file(p)) for item in batch["items"]]
+        for where, source, owner, split, attrs, read in work:
+            try:
+                data = read()
+            except OSError as e:
+                yield _skip(self.bad, where, f"cannot read ({e.strerror or e})")
+                continue
+            bgr, reason = decode_still(data)
+            if bgr is None:
+                yield _skip(self.bad, where, reason)
+                continue
+            if factor < 1:
+                bgr = geometry.center_crop_factor(bgr, factor)
+            bgr = np.ascontiguousarray(geometry.fit_image(bgr, s.size, s.fit))
+            moments.add(bgr[..., ::-1])
+            counts[owner] = counts.get(owner, 0) + 1
+            yield split, f"{source}\t{0:010d}", RecordEncoder.encode(
+                self.encoder.prefix(source, split, attrs), self.encode(bgr))
+        for owner, n in counts.items():
+            self.records.inc(n)
+            yield beam.pvalue.TaggedOutput("report", ("count", owner, n))
+        if moments.count:
+            yield beam.pvalue.TaggedOutput("moments", moments.value())
+
+
+def _read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def decode_still(data):
+    """Encoded picture -> (BGR uint8 array, None) or (None, reason it cannot be used)."""
+    if not data:
+        return None, "empty file"
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        return None, "not a readable image"
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
+        # libjpeg fills a cut-off JPEG with grey and only warns: refuse it rather than train on the grey.
+        return None, "truncated JPEG (no end-of-image marker)"
+    return bgr, None
+
+
+class WriteShards(beam.DoFn):
+    """Records -> temp shard files of about ``shard_bytes``, one open file per split per bundle; each closed
+    file is reported as a "part" when its bundle finishes (so a retried bundle's files are never counted)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def start_bundle(self):
+        self.open, self.parts = {}, []
+
+    def process(self, element):
+        split, key, record = element
+        shard = self.open.get(split)
+        if shard is not None and shard.bytes >= self.settings.shard_bytes:
+            self.parts.append((split, shard.close()))
+            shard = None
+        if shard is None:
+            shard = self.open[split] = _new_shard(self.settings, split)
+        shard.write(key, record)
+
+    def finish_bundle(self):
+        for split, shard in self.open.items():
+            self.parts.append((split, shard.close()))
+        for split, part in self.parts:
+            yield GlobalWindows.windowed_value(("part", split, part))
+        self.open, self.parts = {}, []
+
+
+def _new_shard(settings, split):
+    return TFRecordFile(FileSystems.join(settings.tmp_dir, f"{split}-{uuid.uuid4().hex}{settings.suffix}"),
+                        settings.compression)
+
+
+class WriteShardGroup(beam.DoFn):
+    """((split, shard), [(key, record), ...]) -> one temp shard, records sorted by key."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def process(self, element):
+        (split, shard_index), records = element
+        shard = _new_shard(self.settings, split)
+        for key, record in sorted(records):
+            shard.write(key, record)
+        part = shard.close()
+        part["shard"] = shard_index
+        yield "part", split, part
+
+
+class WriteFile(beam.DoFn):
+    """Writes its single input into ``path`` (JSON for the report, .npz for the moments)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def process(self, value):
+        if self.path.endswith(".npz"):
+            import io
+            buffer = io.BytesIO()
+            count, total, squares = value
+            np.savez(buffer, count=np.int64(count), sum=total, sumsq=squares)
+            data = buffer.getvalue()
+        else:
+            data = json.dumps(value, sort_keys=True).encode()
+        with FileSystems.create(self.path) as f:
+            f.write(data)
+
+
+# -- the pipeline ----------------------------------------------------------------------------------------
+class ExtractRecords(beam.PTransform):
+    """PBegin -> (records, reports, moments) for the given inputs (``sources.Input``) and CelebA batches."""
+
+    def __init__(self, settings, films=(), images=(), celeba_batches=()):
+        super().__init__()
+        self.settings, self.films, self.images, self.celeba_batches = settings, list(films), list(images), \
+            list(celeba_batches)
+
+    def expand(self, pbegin):
+        s, records, reports, moments = self.settings, [], [], []
+        if self.films:
+            planned = (pbegin | "Films" >> beam.Create(self.films)
+                       | "Spread films" >> beam.Reshuffle()
+                       | "Plan segments" >> beam.ParDo(PlanFilm(s)).with_outputs("report", main="segments"))
+            decoded = (planned.segments
+                       | "Spread segments" >> beam.Reshuffle()
+                       | "Decode segments" >> beam.ParDo(DecodeFilmSegment(s)).with_outputs(
+                           "report", "moments", main="records"))
+            records.append(decoded.records)
+            reports += [planned.report, decoded.report]
+            moments.append(decoded.moments)
+        batches = [{"kind": "image", "items": self.images[i:i + STILLS_PER_ITEM]}
+                   for i in range(0, len(self.images), STILLS_PER_ITEM)] + list(self.celeba_batches)
+        if batches:
+            stills = (pbegin | "Still batches" >> beam.Create(batches)
+                      | "Spread stills" >> beam.Reshuffle()
+                      | "Decode stills" >> beam.ParDo(DecodeStills(s)).with_outputs("report", "moments",
+                                                                                   main="records"))
+            records.append(stills.records)
+            reports.append(stills.report)
+            moments.append(stills.moments)
+        flat = lambda pcolls, label: pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()
+        return flat(records, "All records"), flat(reports, "All reports"), flat(moments, "All moments")
+
+
+class WriteDataset(beam.PTransform):
+    """(records, reports, moments) -> temp shards + ``report.json`` + ``moments.npz`` in ``settings.tmp_dir``."""
+
+    def __init__(self, settings):
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, pcolls):
+        records, reports, moments = pcolls
+        s = self.settings
+        if s.num_shards > 0:
+            n = s.num_shards
+            parts = (records
+                     | "Key by shard" >> beam.Map(lambda r: ((r[0], int(unit_hash(r[1]) * n)), (r[1], r[2])))
+                     | "Group shards" >> beam.GroupByKey()
+                     | "Write shards" >> beam.ParDo(WriteShardGroup(s)))
+        else:
+            parts = records | "Write shards" >> beam.ParDo(WriteShards(s))
+        (((reports, parts) | "Reports and parts" >> beam.Flatten())
+         | "Collect report" >> beam.combiners.ToList()
+         | "Write report" >> beam.ParDo(WriteFile(FileSystems.join(s.tmp_dir, REPORT))))
+        (moments
+         | "Sum moments" >> beam.CombineGlobally(MomentsFn(s.size))
+         | "Write moments" >> beam.ParDo(WriteFile(FileSystems.join(s.tmp_dir, MOMENTS))))
+        return parts
+
+
+def celeba_batches(dataset, fraction, per_item=256):
+    """CelebA(root) -> work items of ``per_item`` (name, split, attributes); the official partition when
+    present, else a hash of the name like image folders."""
+    partition, attributes = dataset.partition, dataset.attributes
+    items = []
+    for name in dataset.names:
+        split = partition.get(name) if partition else None
+        items.append((name, split or still_split(name, fraction), tuple(attributes.get(name, ()))))
+    return [{"kind": "celeba", "root": dataset.root, "items": items[i:i + per_item]}
+            for i in range(0, len(items), per_item)]
+
+
+def read_results(tmp_dir, size):
+    """The pipeline's report (list of tuples) and moments dict, read back by the driver."""
+    with FileSystems.open(FileSystems.join(tmp_dir, REPORT)) as f:
+        report = [tuple(r) for r in json.loads(f.read().decode())]
+    import io
+    with FileSystems.open(FileSystems.join(tmp_dir, MOMENTS)) as f:
+        with np.load(io.BytesIO(f.read())) as z:
+            moments = {"count": int(z["count"]), "sum": z["sum"], "sumsq": z["sumsq"]}
+    return report, moments

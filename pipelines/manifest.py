@@ -1,0 +1,148 @@
+"""``DIR/manifest.json``: what a dataset folder holds (the contract between extract and train), and its merging.
+
+    {"schema_version": 1,
+     "image": {"height": H, "width": W, "channels": 3, "format": "png", "fit": "crop"},
+     "compression": "" | "GZIP",
+     "splits": {"train": {"count": N, "files": [...]}, ...},      only the splits that have records
+     "sources": {"<absolute input path>": {"kind": ..., "size": bytes, "mtime": float, "count": N, ...}},
+     "skipped": [{"input": path, "reason": "..."}],
+     "attribute_names": [...], "bytes": N,
+     "mean_image": "mean.png", "std_image": "std.png", "options": {...},
+     "moments": "moments.npz", "runs": [{"tag": "", "inputs": N, "records": N}, ...]}
+
+``moments.npz`` keeps the exact per-pixel count / sum / sum of squares (int64) so that an incremental run can
+update ``mean.png`` and ``std.png`` without reading the old shards again.
+"""
+import io
+import os
+
+import cv2
+import numpy as np
+
+from pipelines import atomic, schema
+from pipelines.errors import CadlError
+
+MEAN_IMAGE = "mean.png"
+STD_IMAGE = "std.png"
+MOMENTS = "moments.npz"
+# What must agree between the existing dataset and an --incremental addition.
+_COMPATIBLE = ("schema_version", "image", "compression")
+
+
+def path(folder):
+    return os.path.join(folder, schema.MANIFEST)
+
+
+def read(folder):
+    """The manifest of ``folder``, or None when there is none. Raises ``CadlError`` when it is unusable."""
+    file = path(folder)
+    if not os.path.exists(file):
+        return None
+    try:
+        manifest = atomic.read_json(file)
+    except (OSError, ValueError) as e:
+        raise CadlError(f"{file}: not a readable manifest ({e})") from None
+    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise CadlError(f"{file}: schema version {manifest.get('schema_version')} is not "
+                        f"{schema.SCHEMA_VERSION}; extract again into a new folder")
+    return manifest
+
+
+def write(folder, manifest):
+    atomic.write_json(path(folder), manifest)
+
+
+def already_extracted(manifest, inputs):
+    """Split ``inputs`` (``sources.Input``) into (new, done): done ones are in the manifest with the same
+    size and modification time."""
+    known = (manifest or {}).get("sources", {})
+    new, done = [], []
+    for item in inputs:
+        entry = known.get(item.path)
+        if entry and entry.get("size") == item.size and entry.get("mtime") == item.mtime:
+            done.append(item)
+        else:
+            new.append(item)
+    return new, done
+
+
+def run_tag(manifest):
+    """Shard-name tag for the next run into a folder: "" for the first, then "r0002-", "r0003-", ..."""
+    if not manifest:
+        return ""
+    return f"r{len(manifest.get('runs', [])) + 1:04d}-"
+
+
+def check_compatible(old, new, folder):
+    for key in _COMPATIBLE:
+        if old.get(key) != new.get(key):
+            raise CadlError(f"{path(folder)}: the dataset has {key} {old.get(key)!r} but this run makes "
+                            f"{new.get(key)!r}; use the same options, or extract into a new folder")
+    a, b = old.get("attribute_names") or [], new.get("attribute_names") or []
+    if a and b and a != b:
+        raise CadlError(f"{path(folder)}: the dataset's attribute names differ from this CelebA's")
+
+
+def merge(old, new):
+    """The manifest after adding run ``new`` to dataset ``old`` (both manifests; ``new`` has only its files)."""
+    out = dict(new)
+    splits = {}
+    for split in schema.SPLITS:
+        a, b = old.get("splits", {}).get(split), new.get("splits", {}).get(split)
+        if a or b:
+            splits[split] = {"count": (a or {}).get("count", 0) + (b or {}).get("count", 0),
+                             "files": list((a or {}).get("files", [])) + list((b or {}).get("files", []))}
+    out["splits"] = splits
+    out["sources"] = {**old.get("sources", {}), **new.get("sources", {})}
+    # An input that failed before and worked now is no longer skipped; a new failure replaces an old one.
+    skipped = {s["input"]: s for s in old.get("skipped", []) if s["input"] not in new.get("sources", {})}
+    skipped.update({s["input"]: s for s in new.get("skipped", [])})
+    out["skipped"] = [skipped[k] for k in sorted(skipped)]
+    out["attribute_names"] = old.get("attribute_names") or new.get("attribute_names") or []
+    out["bytes"] = old.get("bytes", 0) + new.get("bytes", 0)
+    out["runs"] = list(old.get("runs", [])) + list(new.get("runs", []))
+    out["options"] = new.get("options", {})
+    return out
+
+
+def listed_files(manifest):
+    """Every shard file a manifest lists (names relative to its folder)."""
+    return [f for split in (manifest or {}).get("splits", {}).values() for f in split.get("files", [])]
+
+
+# -- mean and standard-deviation images ----------------------------------------------------------------
+def empty_moments(height, width, channels=3):
+    return {"count": 0, "sum": np.zeros((height, width, channels), np.int64),
+            "sumsq": np.zeros((height, width, channels), np.int64)}
+
+
+def add_moments(a, b):
+    return {"count": a["count"] + b["count"], "sum": a["sum"] + b["sum"], "sumsq": a["sumsq"] + b["sumsq"]}
+
+
+def read_moments(folder, height, width, channels=3):
+    file = os.path.join(folder, MOMENTS)
+    if not os.path.exists(file):
+        return empty_moments(height, width, channels)
+    with np.load(file) as z:
+        return {"count": int(z["count"]), "sum": z["sum"].astype(np.int64), "sumsq": z["sumsq"].astype(np.int64)}
+
+
+def write_moments(folder, moments):
+    """Write ``moments.npz``, ``mean.png`` and ``std.png`` (uint8 RGB at the dataset's size)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, count=np.int64(moments["count"]), sum=moments["sum"], sumsq=moments["sumsq"])
+    atomic.write_bytes(os.path.join(folder, MOMENTS), buffer.getvalue())
+    mean, std = mean_std(moments)
+    for name, image in ((MEAN_IMAGE, mean), (STD_IMAGE, std)):
+        rgb = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        atomic.write_bytes(os.path.join(folder, name), png.tobytes())
+
+
+def mean_std(moments):
+    """Per-pixel mean and (population) standard deviation, float64, in 0..255."""
+    n = max(1, moments["count"])
+    mean = moments["sum"] / n
+    var = np.maximum(moments["sumsq"] / n - mean * mean, 0.0)
+    return mean, np.sqrt(var)
