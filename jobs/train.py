@@ -44,6 +44,7 @@ log = logging.getLogger("cadl.train")
 MODEL_FLAGS = ("arch", "widths", "blocks", "latent", "hidden", "norm", "activation", "dropout", "loss", "beta",
                "beta_warmup")
 PRESETS = ("default", "tiny", "course")
+EXACT_RESUME_BYTES = 128 * 2**20  # --exact-resume auto: save the data position when it is at most this big
 MONTAGE_IMAGES = 16  # the fixed validation batch shown in recon montages (two rows of originals/reconstructions)
 LATENT_SAMPLES = 36  # z ~ N(0, I) decoded in latent montages (6 x 6)
 
@@ -82,7 +83,7 @@ def build_parser():
 
     t = p.add_argument_group("optimisation")
     t.add_argument("--batch-size", type=int, default=32, help="images per step (global, over all replicas)")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--lr", "--learning-rate", type=float, default=1e-3, help="Adam learning rate")
 
     d = p.add_argument_group("input pipeline")
     d.add_argument("--augment", action="store_true", help="random horizontal flips")
@@ -90,6 +91,10 @@ def build_parser():
                    help="keep decoded training images in memory (auto: when they fit in 1 GiB)")
     d.add_argument("--shuffle-buffer", type=int, default=0, help="images in the shuffle buffer (0: ~256 MiB)")
     d.add_argument("--deterministic", action="store_true", help="reproducible input order (slower)")
+    d.add_argument("--exact-resume", choices=("auto", "yes", "no"), default="auto",
+                   help="store the input pipeline's position (decoded cache + shuffle buffer) in checkpoints so "
+                        "a resumed run sees the same batches as an uninterrupted one (auto: when <= 128 MiB); "
+                        "otherwise a resumed run draws a fresh order seeded by the step")
     d.add_argument("--skip-corrupt", action="store_true",
                    help="skip (and count) unreadable shards instead of stopping with an error")
     d.add_argument("--validation-batches", type=int, default=50, help="at most this many batches per validation")
@@ -259,16 +264,32 @@ class Trainer:
                                steps_per_execution=args.steps_per_execution)
             self.optimizer = self.model.optimizer
             self.optimizer.build(self.model.trainable_variables)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=args.keep)
-
+        # The data stream: its position is part of the checkpoint when small enough (exact resume).
+        self.exact = self._exact_resume()
+        latest = tf.train.latest_checkpoint(self.ckpt_dir)
+        self.iterator = self.train_stream(resume_step=None)
+        self._make_manager()
         self.resumed_from = None
-        if self.manager.latest_checkpoint:
+        if latest:
+            has_data = any(name.startswith("data/") for name, _ in tf.train.list_variables(latest))
+            objects = self._objects()
+            if has_data and self.exact and self.iterator_checkpointable:
+                objects["data"] = self.iterator
             try:
-                self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+                try:
+                    tf.train.Checkpoint(**objects).restore(latest).assert_existing_objects_matched().expect_partial()
+                except (tf.errors.OpError, AssertionError, ValueError):
+                    if "data" not in objects:
+                        raise
+                    # The input pipeline changed shape (other batch size, files...): restore all but its position.
+                    del objects["data"]
+                    tf.train.Checkpoint(**objects).restore(latest).assert_existing_objects_matched().expect_partial()
             except (tf.errors.OpError, AssertionError, ValueError) as e:
-                raise CadlError(f"{self.manager.latest_checkpoint}: cannot restore ({_first_line(e)})") from None
+                raise CadlError(f"{latest}: cannot restore ({_first_line(e)})") from None
             self.resumed_from = self.step
+            if "data" not in objects:  # the position in the data was not saved: a fresh order for this step
+                self.iterator = self.train_stream(resume_step=self.step)
+                self._make_manager()
             log.info("resumed from step %d", self.step)
         elif args.init_from:
             self._warm_start(args.init_from)
@@ -297,11 +318,40 @@ class Trainer:
 
     # -- data --
 
-    def train_stream(self):
-        seed = self.args.seed * 1000003 + self.step  # a resumed run draws a fresh, reproducible order
+    def _exact_resume(self):
+        """Save the input pipeline's position (cache + shuffle buffer) in checkpoints when that stays small."""
+        if self.args.exact_resume != "auto":
+            return self.args.exact_resume == "yes"
+        h, w, c = dataset.image_shape(self.manifest)
+        buffer = min(self.args.shuffle_buffer or dataset.SHUFFLE_BYTES // (h * w * c), self.train_count)
+        cached = self.args.cache == "yes" or (self.args.cache == "auto" and
+                                              self.train_count * h * w * c <= dataset.CACHE_AUTO_BYTES)
+        state = (buffer + (self.train_count if cached else 0)) * h * w * c
+        return state <= EXACT_RESUME_BYTES
+
+    def _objects(self):
+        """What a checkpoint holds: weights, optimizer (with the step), the noise generators' states."""
+        rng = self.tf.Module()
+        # Keras' SeedGenerator states (sampling noise, dropout) are not checkpoint children of their layers.
+        rng.states = [sg.state for layer in self.model._flatten_layers() for sg in layer._seed_generators]
+        return {"model": self.model, "optimizer": self.optimizer, "rng": rng}
+
+    def _make_manager(self):
+        objects = self._objects()
+        if self.exact and self.iterator_checkpointable:
+            objects["data"] = self.iterator
+        self.checkpoint = self.tf.train.Checkpoint(**objects)
+        self.manager = self.tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=self.args.keep)
+
+    def train_stream(self, resume_step=None):
+        """An iterator over training batches. ``resume_step``: the position was not restored, so draw a
+        fresh order seeded by the step (reproducible, though not the uninterrupted run's order)."""
+        seed = self.args.seed if resume_step is None else self.args.seed * 1000003 + resume_step
         prefetch = None
         if self.replicas == 1 and self.tf.config.list_logical_devices("GPU"):
             prefetch = "/gpu:0"
+        # Distributed iterators and device prefetch cannot be saved: those runs resume with a fresh order.
+        self.iterator_checkpointable = self.replicas == 1 and prefetch is None
         files = [f for f in self.train_files if f not in {s["file"] for s in self.skipped}]
         ds = dataset.make_dataset(self.args.data, "train", self.args.batch_size, manifest=self.manifest,
                                   files=files, training=True, augment=self.args.augment,
@@ -403,8 +453,13 @@ class Trainer:
         return folder
 
     def save_checkpoint(self):
-        path = self.manager.save(checkpoint_number=self.step)
-        return path
+        """Save unless the weights went non-finite (then stop: the previous checkpoint stays the last good one)."""
+        tf = self.tf
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables])
+        if not bool(finite):
+            raise CadlError(f"{self.out}: weights became non-finite by step {self.step}; stopped (last good "
+                            f"checkpoint: {self.manager.latest_checkpoint or 'none'}); try a lower --lr")
+        return self.manager.save(checkpoint_number=self.step)
 
     # -- the loop --
 
@@ -429,7 +484,7 @@ class Trainer:
         window_t, window_steps = time.time(), 0
         if self.step == 0:
             self.montages(images, z, writers)
-        it = self.train_stream()
+        it = self.iterator
         self.model.make_train_function()
         bar = tqdm(total=target, initial=self.step, unit="step", disable=args.no_progress, dynamic_ncols=True,
                    desc="train", file=sys.stderr)
@@ -449,7 +504,8 @@ class Trainer:
                     logs = self.model.train_function(it)
                 except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
                     self.data_error(e, self.train_files)
-                    it = self.train_stream()
+                    it = self.iterator = self.train_stream(resume_step=self.step)
+                    self._make_manager()
                     continue
                 loss = float(logs["loss"])
                 dt = time.time() - t

@@ -120,11 +120,12 @@ def make_dataset(data_dir, split="train", batch_size=32, *, manifest=None, files
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
-    # Interleave: read several shards at once so one slow file (or remote object) does not stall the rest.
+    # Interleave: read several shards at once so one slow file (or remote object) does not stall the rest;
+    # an evaluation pass reads them one after the other, so it sees the records in manifest order.
+    cycle = min(len(files), 8) if training else 1
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression_type(manifest)),
-                       cycle_length=min(len(files), 8), block_length=1,
-                       num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
-                       deterministic=deterministic or not training)
+                       cycle_length=cycle, block_length=1, num_parallel_calls=AUTOTUNE if cycle > 1 else None,
+                       deterministic=(deterministic or not training) if cycle > 1 else None)
     # Parse + decode in parallel: PNG decoding is the expensive step of the whole input pipeline.
     ds = ds.map(lambda s: parse_and_decode(s, shape), num_parallel_calls=AUTOTUNE,
                 deterministic=deterministic or not training)
