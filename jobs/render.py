@@ -684,7 +684,7 @@ def run(argv=None):
         video_out.publish(staging, out)
         summary_path = os.path.join(out, "summary.json")
     else:
-        joined = video_out.join(seg_paths, out, fmt, info, keep_audio=not args.no_audio)
+        joined = video_out.join(seg_paths, plan.segments, out, fmt, info, keep_audio=not args.no_audio)
         result = joined["info"]
         summary.update(frames=result.num_frames, duration=result.duration, audio=joined["audio"],
                        audio_codec=joined["audio_codec"], audio_kept=joined["audio"] is not None)

@@ -39,7 +39,10 @@ CODECS = ("h264", "prores", "ffv1", "png")
 # Codecs each container can hold, the first being the default for that extension.
 CONTAINERS = {".mp4": ("h264",), ".m4v": ("h264",), ".mov": ("prores", "h264"),
               ".mkv": ("h264", "ffv1", "prores")}
-_MUXER = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+_MUXER = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".nut": "nut"}
+# Segments are written in a container with exact rational timestamps: Matroska's milliseconds would be
+# rounded twice (in the segment, then in the output), so mkv outputs are assembled from NUT segments.
+_SEGMENT_EXT = {".mkv": ".nut"}
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 PRORES_PROFILES = {"proxy": 0, "lt": 1, "standard": 2, "hq": 3, "4444": 4, "4444xq": 5}
 # Audio codecs a container takes as they are and players understand; anything else is re-encoded.
@@ -69,6 +72,10 @@ class VideoFormat:
     @property
     def muxer(self):
         return _MUXER.get(self.ext)
+
+    @property
+    def segment_ext(self):
+        return _SEGMENT_EXT.get(self.ext, self.ext)
 
     @property
     def even_sides(self):
@@ -199,8 +206,8 @@ class SegmentWriter:
             os.makedirs(self.tmp)
             target = os.path.join(self.tmp, FRAME_PATTERN)
         else:
-            stem, ext = os.path.splitext(base)
-            self.tmp = target = os.path.join(folder, f".{stem}.partial{ext}")
+            stem = os.path.splitext(base)[0]
+            self.tmp = target = os.path.join(folder, f".{stem}.partial{fmt.segment_ext}")
         self.filter_file = None
         h, w = self.size
         rate = timing.rate
@@ -216,10 +223,14 @@ class SegmentWriter:
                 f.write(graph)
             cmd += ["-/vf", self.filter_file, "-enc_time_base:v", "filter"]
         cmd += ["-fps_mode", "passthrough", "-threads", str(threads)] + fmt.encoder_args() + ["-an"]
+        if timing.variable and fmt.codec == "h264":
+            # No B-frames: decode order = presentation order, so every sample's duration (mp4 stores
+            # durations as decode-time steps) is its own frame's, the last one included.
+            cmd += ["-bf", "0"]
         if fmt.is_sequence:
             cmd += ["-f", "image2", "-start_number", str(start), target]
         else:
-            cmd += ["-f", fmt.muxer, target]
+            cmd += ["-f", _MUXER[fmt.segment_ext], target]
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
 
@@ -280,8 +291,22 @@ class SegmentWriter:
 
 
 def segment_name(index, fmt):
-    """``seg-00003.mp4`` (or the folder ``seg-00003`` for PNG sequences)."""
-    return f"seg-{index:05d}{fmt.ext}"
+    """``seg-00003.mp4`` (``.nut`` for mkv outputs; the folder ``seg-00003`` for PNG sequences)."""
+    return f"seg-{index:05d}{fmt.segment_ext}"
+
+
+def segment_times(info, segments):
+    """Exact start time in seconds (a Fraction) of each segment in the output, and the film's end.
+
+    Constant rate: frame i is at i / fps. Variable rate: the source's own timestamps.
+    """
+    if info.vfr:
+        starts = [(info.pts[a] - info.pts[0]) * info.time_base for a, _ in segments]
+        end = (info.pts[-1] - info.pts[0] + last_frame_ticks(info)) * info.time_base
+    else:
+        starts = [Fraction(a) / info.fps for a, _ in segments]
+        end = Fraction(info.num_frames) / info.fps
+    return starts + [end]
 
 
 # ---- joining ----
@@ -304,18 +329,23 @@ def audio_plan(fmt, source_info, keep_audio=True):
     return "copy" if allowed is None or source_info.audio_codec in allowed else "reencode"
 
 
-def join(segment_paths, output, fmt, source_info, keep_audio=True):
-    """Concatenate encoded segment files losslessly into ``output`` with the source's audio.
+def join(segment_paths, segments, output, fmt, source_info, keep_audio=True):
+    """Concatenate the encoded files of ``segments`` ([start, stop) frame ranges) losslessly into
+    ``output`` with the source's audio.
 
-    The output appears atomically. Returns ``{"audio": "copy" | "reencode" | None, "audio_codec": ...}``.
+    The concat demuxer places each file after the previous ones' durations, which it keeps in
+    microseconds; each file's duration is given as the difference of the rounded exact start times, so
+    rounding never accumulates over thousands of segments. The output appears atomically.
+    Returns ``{"audio": "copy" | "reencode" | None, "audio_codec": ..., "info": VideoInfo}``.
     """
     output = os.fspath(output)
     folder = os.path.dirname(os.path.abspath(segment_paths[0]))
     listing = os.path.join(folder, "concat.txt")
+    micros = [round(t * 1_000_000) for t in segment_times(source_info, segments)]
     with open(listing, "w") as f:
         f.write("ffconcat version 1.0\n")
-        for p in segment_paths:
-            f.write(f"file '{os.path.abspath(p)}'\n")
+        for k, p in enumerate(segment_paths):
+            f.write(f"file '{os.path.abspath(p)}'\nduration {micros[k + 1] - micros[k]}us\n")
     plan = audio_plan(fmt, source_info, keep_audio)
     # The video starts where it starts in the source, relative to the source's earliest stream, so that
     # audio copied with its own timestamps stays in sync.
