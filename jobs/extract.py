@@ -164,7 +164,8 @@ def pipeline_options(beam_args):
     """Beam options from the pass-through flags, and the runner to use (None: the one the options name).
 
     Without --runner: the FnApiRunner (what DirectRunner uses for batch, minus the Prism attempt) with one
-    worker per core in separate processes (decoding and PNG encoding are CPU work; processes avoid the GIL).
+    worker thread per core. Threads, not processes: decoding runs in ffmpeg processes and OpenCV's encoders
+    release the GIL, and worker processes would each pay Beam's start-up (measured: threads were faster).
     """
     from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
                                                       WorkerOptions)
@@ -179,7 +180,7 @@ def pipeline_options(beam_args):
     if "--direct_num_workers" not in given:
         direct.direct_num_workers = os.cpu_count() or 1
     if "--direct_running_mode" not in given:
-        direct.direct_running_mode = "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
+        direct.direct_running_mode = "multi_threading" if direct.direct_num_workers > 1 else "in_memory"
     if "--default_sdk_harness_log_level" not in given:
         # Worker processes log every channel they open at INFO; problems still show.
         options.view_as(WorkerOptions).default_sdk_harness_log_level = "WARNING"

@@ -53,7 +53,7 @@ class Settings:
     fit: str                     # geometry.FITS
     fmt: str                     # "png" | "jpeg"
     quality: int = 95            # JPEG quality 1..100
-    png_level: int = 1           # zlib level 0..9: 1 is ~3x faster than 6 and only a few % larger
+    png_level: int = 1           # zlib level 0..9 (with the RLE strategy below the level matters little)
     crop_factor: float | None = None  # central fraction kept before fitting stills; None: 0.8 CelebA, 1 others
     every: int = 1               # keep every Nth frame of a film
     fps: float | None = None     # or: keep the first frame of each 1/fps second (like ffmpeg -r)
@@ -253,7 +253,11 @@ class _Encode:
     def __init__(self, settings):
         self.settings = settings
         if settings.fmt == "png":
-            self.ext, self.params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, settings.png_level]
+            # The "up" filter with run-length zlib: 2-2.5x faster than libpng's adaptive filters with
+            # deflate, within a few % of their size (measured on testsrc2 and mandelbrot frames).
+            self.ext, self.params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, settings.png_level,
+                                             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+                                             cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
         else:
             self.ext, self.params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, settings.quality]
 

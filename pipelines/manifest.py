@@ -146,3 +146,22 @@ def mean_std(moments):
     mean = moments["sum"] / n
     var = np.maximum(moments["sumsq"] / n - mean * mean, 0.0)
     return mean, np.sqrt(var)
+
+
+def read_records(folder, split=None):
+    """Every record of a dataset folder (or of one split) as ``schema.decode_record`` dicts, in shard order.
+
+    For tests and tools; training reads the shards with tf.data instead.
+    """
+    import tensorflow as tf
+
+    manifest = read(folder)
+    if manifest is None:
+        raise CadlError(f"{path(folder)}: no manifest")
+    out = []
+    for name in schema.SPLITS if split is None else [split]:
+        files = [os.path.join(folder, f) for f in manifest["splits"].get(name, {}).get("files", [])]
+        if files:
+            for raw in tf.data.TFRecordDataset(files, compression_type=manifest["compression"] or None):
+                out.append(schema.decode_record(raw.numpy()))
+    return out

@@ -1,0 +1,268 @@
+"""``cadl extract`` end to end on generated films and image folders: counts, indices, timestamps, splits,
+sampling, shards, incremental additions, determinism and the portable runner."""
+import json
+import math
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from jobs import extract
+from pipelines import manifest as mf
+from pipelines import media, schema
+from pipelines.errors import CadlError
+from pipelines.extract import validation_blocks
+from pipelines.synthetic import make_film
+
+
+def run(*argv):
+    return extract.run([str(a) for a in argv])
+
+
+def by_key(records):
+    return sorted(records, key=lambda r: (r["source"], r["frame_index"]))
+
+
+def test_film_gives_every_frame_once_across_segments(short_film, tmp_path):
+    out = tmp_path / "data"
+    # 0.5 s segments: the 3 s film is six work items; frames at every boundary must appear exactly once.
+    summary = run("--input", short_film, "--output", out, "--size", "18x32", "--segment-seconds", "0.5",
+                  "--validation-fraction", "0")
+    records = by_key(mf.read_records(out))
+    assert [r["frame_index"] for r in records] == list(range(75))
+    assert all(abs(r["timestamp"] - r["frame_index"] / 25) < 1e-5 for r in records)
+    assert {r["source"] for r in records} == {os.path.abspath(short_film)}
+    assert {(r["height"], r["width"], r["channels"], r["format"], r["split"]) for r in records} == \
+        {(18, 32, 3, "png", "train")}
+    image = cv2.imdecode(np.frombuffer(records[10]["image"], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (18, 32, 3)
+    assert summary["records_new"] == 75 and summary["splits"] == {"train": 75}
+    assert summary["inputs_new"] == 1 and summary["inputs_extracted"] == 1 and summary["inputs_bad"] == 0
+    manifest = mf.read(out)
+    assert manifest["image"] == {"height": 18, "width": 32, "channels": 3, "format": "png", "fit": "crop"}
+    source = manifest["sources"][os.path.abspath(short_film)]
+    assert source["kind"] == "film" and source["count"] == 75 and source["num_frames"] == 75
+    assert source["size"] == os.path.getsize(short_film)
+    assert manifest["splits"]["train"]["count"] == 75
+    assert manifest["bytes"] == sum(os.path.getsize(out / f) for f in manifest["splits"]["train"]["files"])
+    assert json.loads((out / "summary.json").read_text())["records_new"] == 75
+
+
+def test_ntsc_film_timestamps_are_the_true_ones(ntsc_film, tmp_path):
+    out = tmp_path / "data"
+    run("--input", ntsc_film, "--output", out, "--size", "18x32", "--segment-seconds", "0.3",
+        "--validation-fraction", "0")
+    info = media.probe(ntsc_film)
+    records = by_key(mf.read_records(out))
+    assert [r["frame_index"] for r in records] == list(range(info.num_frames))
+    for r in records:
+        assert r["timestamp"] == pytest.approx(info.timestamp(r["frame_index"]), abs=1e-5)
+        assert r["timestamp"] == pytest.approx(r["frame_index"] * 1001 / 24000, abs=1.5e-3)
+
+
+def test_sampling_every_fps_start_end(short_film, tmp_path):
+    run("--input", short_film, "--output", tmp_path / "every", "--size", "18x32", "--every", "4",
+        "--segment-seconds", "0.5", "--validation-fraction", "0")
+    assert [r["frame_index"] for r in by_key(mf.read_records(tmp_path / "every"))] == list(range(0, 75, 4))
+    run("--input", short_film, "--output", tmp_path / "fps", "--size", "18x32", "--fps", "5",
+        "--segment-seconds", "0.5", "--validation-fraction", "0")
+    assert [r["frame_index"] for r in by_key(mf.read_records(tmp_path / "fps"))] == list(range(0, 75, 5))
+    run("--input", short_film, "--output", tmp_path / "window", "--size", "18x32", "--start", "1", "--end", "2",
+        "--segment-seconds", "0.5", "--validation-fraction", "0")
+    assert [r["frame_index"] for r in by_key(mf.read_records(tmp_path / "window"))] == list(range(25, 50))
+
+
+def test_film_validation_comes_in_whole_blocks(tmp_path):
+    film = make_film(tmp_path / "eight.mp4", "testsrc2", seconds=8, size=(64, 36), rate="25", audio=False)
+    out = tmp_path / "data"
+    summary = run("--input", film, "--output", out, "--size", "18x32", "--validation-fraction", "0.3",
+                  "--validation-block", "1", "--segment-seconds", "3")
+    records = mf.read_records(out)
+    chosen = validation_blocks(os.path.basename(film), 8.0, 1.0, 0.3)
+    assert chosen, "a film of several blocks always gives validation frames"
+    for r in records:
+        assert r["split"] == ("validation" if int(r["timestamp"] // 1) in chosen else "train")
+    assert summary["splits"]["validation"] == 25 * len(chosen)
+    assert summary["splits"]["train"] == 200 - 25 * len(chosen)
+    assert len(mf.read(out)["splits"]["validation"]["files"]) >= 1
+
+
+def _write_images(folder):
+    """Six stills of different sizes and formats, in nested folders, plus files the search must ignore."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (rel, shape) in enumerate([("a.png", (40, 60)), ("b.jpg", (50, 50)), ("sub/c.webp", (30, 80)),
+                                      ("sub/d.bmp", (64, 48)), ("sub/deeper/e.jpeg", (20, 20)),
+                                      ("f.PNG", (33, 77))]):
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+        assert cv2.imwrite(str(path), image)
+        paths.append(str(path))
+    grey = folder / "sub" / "grey.png"
+    assert cv2.imwrite(str(grey), rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    paths.append(str(grey))
+    (folder / "notes.txt").write_text("not a picture, ignored while searching a folder")
+    (folder / ".hidden.png").write_bytes(b"ignored: hidden")
+    return sorted(paths)
+
+
+def test_image_folder(tmp_path):
+    paths = _write_images(tmp_path / "stills")
+    out = tmp_path / "data"
+    summary = run("--input", tmp_path / "stills", "--output", out, "--size", "24x24", "--fit", "pad",
+                  "--validation-fraction", "0.4")
+    records = mf.read_records(out)
+    assert sorted(r["source"] for r in records) == paths
+    assert all(r["frame_index"] == 0 and r["timestamp"] == 0 and r["attributes"] == [] for r in records)
+    assert all(cv2.imdecode(np.frombuffer(r["image"], np.uint8), cv2.IMREAD_UNCHANGED).shape == (24, 24, 3)
+               for r in records)
+    # Splits are a hash of the path relative to the folder given: recompute them.
+    from pipelines.extract import still_split
+    for r in records:
+        assert r["split"] == still_split(os.path.relpath(r["source"], tmp_path / "stills"), 0.4)
+    assert summary["inputs_found"] == 7 and summary["inputs_extracted"] == 7 and summary["skipped"] == []
+    manifest = mf.read(out)
+    assert set(manifest["sources"]) == set(paths)
+    assert all(s["kind"] == "image" and s["count"] == 1 for s in manifest["sources"].values())
+
+
+def test_mean_and_std_images_match_the_records(short_film, tmp_path):
+    out = tmp_path / "data"
+    run("--input", short_film, "--output", out, "--size", "18x32", "--validation-fraction", "0")
+    pictures = np.stack([cv2.imdecode(np.frombuffer(r["image"], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                         for r in mf.read_records(out)]).astype(np.float64)
+    mean = cv2.imread(str(out / "mean.png"), cv2.IMREAD_COLOR)[..., ::-1]
+    std = cv2.imread(str(out / "std.png"), cv2.IMREAD_COLOR)[..., ::-1]
+    assert mean.shape == std.shape == (18, 32, 3)
+    assert np.abs(mean - pictures.mean(0)).max() <= 0.5 + 1e-9
+    assert np.abs(std - pictures.std(0)).max() <= 0.5 + 1e-6
+    assert std.max() > 10  # testsrc2 moves: the std image is not flat
+
+
+def test_num_shards_gzip_and_tf_data_reading(short_film, tmp_path):
+    import tensorflow as tf
+
+    out = tmp_path / "data"
+    run("--input", short_film, "--output", out, "--size", "18x32", "--num-shards", "3", "--compression", "gzip",
+        "--validation-fraction", "0")
+    manifest = mf.read(out)
+    assert manifest["compression"] == "GZIP"
+    files = manifest["splits"]["train"]["files"]
+    assert files == [schema.shard_name("train", i, 3, compressed=True) for i in range(3)]
+    dataset = tf.data.TFRecordDataset([str(out / f) for f in files], compression_type="GZIP").batch(8)
+    count = 0
+    for batch in dataset.map(schema.parse_records):
+        count += int(batch["image"].shape[0])
+        assert tf.io.decode_png(batch["image"][0]).shape == (18, 32, 3)
+    assert count == 75
+
+
+def test_shards_roll_over_at_the_target_size(short_film, tmp_path):
+    out = tmp_path / "data"
+    run("--input", short_film, "--output", out, "--size", "36x64", "--shard-mb", "0.05", "--validation-fraction",
+        "0", "--direct_num_workers=1")
+    manifest = mf.read(out)
+    files = manifest["splits"]["train"]["files"]
+    assert len(files) > 2
+    assert files == [schema.shard_name("train", i, len(files)) for i in range(len(files))]
+    sizes = [os.path.getsize(out / f) for f in files]
+    assert max(sizes[:-1]) < 0.05 * 2 ** 20 + 20000  # closed at the first record past the target
+    assert len(mf.read_records(out)) == 75
+
+
+def _record_set(folder):
+    return sorted((r["source"], r["frame_index"], r["split"], r["timestamp"], r["image"])
+                  for r in mf.read_records(folder))
+
+
+def test_two_runs_give_identical_records(short_film, tmp_path):
+    args = ["--input", short_film, "--size", "18x32", "--segment-seconds", "0.5", "--validation-fraction", "0.5",
+            "--validation-block", "0.5", "--num-shards", "2"]
+    run(*args, "--output", tmp_path / "one")
+    run(*args, "--output", tmp_path / "two")
+    assert _record_set(tmp_path / "one") == _record_set(tmp_path / "two")
+    one, two = mf.read(tmp_path / "one"), mf.read(tmp_path / "two")
+    assert one["splits"] == two["splits"]
+    # With --num-shards, records are sorted within shards: the files are byte-identical too.
+    for name in mf.listed_files(one):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    # And a rerun into the same folder replaces the dataset with the same records.
+    run(*args, "--output", tmp_path / "one")
+    assert _record_set(tmp_path / "one") == _record_set(tmp_path / "two")
+
+
+def test_incremental_adds_only_new_inputs(short_film, silent_film, tmp_path):
+    out = tmp_path / "data"
+    common = ["--size", "18x32", "--validation-fraction", "0"]
+    first = run("--input", short_film, "--output", out, *common)
+    assert first["inputs_new"] == 1 and first["inputs_already_extracted"] == 0
+    second = run("--input", short_film, "--input", silent_film, "--output", out, "--incremental", *common)
+    assert second["inputs_new"] == 1 and second["inputs_already_extracted"] == 1
+    assert second["records_new"] == 50 and second["records_total"] == 125
+    assert all(name.startswith("train-r0002-") for name in second["shards_new"])
+    manifest = mf.read(out)
+    assert set(manifest["sources"]) == {os.path.abspath(short_film), os.path.abspath(silent_film)}
+    assert manifest["splits"]["train"]["count"] == 125
+    assert len(manifest["runs"]) == 2
+    assert len(mf.read_records(out)) == 125
+    # The merged mean/std equal those of one run over both films (moments are exact integers).
+    both = tmp_path / "both"
+    run("--input", short_film, "--input", silent_film, "--output", both, *common)
+    merged, whole = mf.read_moments(out, 18, 32), mf.read_moments(both, 18, 32)
+    assert merged["count"] == whole["count"] == 125
+    assert np.array_equal(merged["sum"], whole["sum"]) and np.array_equal(merged["sumsq"], whole["sumsq"])
+    assert (out / "mean.png").read_bytes() == (both / "mean.png").read_bytes()
+    # Nothing new: success, nothing written.
+    third = run("--input", short_film, "--input", silent_film, "--output", out, "--incremental", *common)
+    assert third["inputs_new"] == 0 and third["inputs_already_extracted"] == 2 and third["shards_new"] == []
+    assert mf.read(out)["splits"]["train"]["count"] == 125
+    # A different picture size cannot be mixed in.
+    with pytest.raises(CadlError, match="image"):
+        run("--input", short_film, "--output", out, "--incremental", "--size", "32x32")
+
+
+def test_incremental_logs_what_it_skips(short_film, tmp_path, caplog):
+    out = tmp_path / "data"
+    run("--input", short_film, "--output", out, "--size", "18x32")
+    with caplog.at_level("INFO", logger="cadl.extract"):
+        run("--input", short_film, "--output", out, "--size", "18x32", "--incremental")
+    assert "skipping 1 already extracted" in caplog.text
+
+
+def test_output_that_cannot_be_written(short_film, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should go")
+    with pytest.raises(CadlError, match="not a folder"):
+        run("--input", short_film, "--output", blocker, "--size", "18x32")
+    with pytest.raises(CadlError, match="not writable"):
+        run("--input", short_film, "--output", blocker / "sub", "--size", "18x32")
+
+
+def test_no_temp_files_are_left(short_film, tmp_path):
+    out = tmp_path / "data"
+    run("--input", short_film, "--output", out, "--size", "18x32")
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+
+
+def test_portable_runner_gives_the_same_records(short_film, ntsc_film, tmp_path):
+    args = ["--input", short_film, "--input", ntsc_film, "--size", "18x32", "--segment-seconds", "1",
+            "--validation-fraction", "0.3", "--validation-block", "0.5"]
+    default = run(*args, "--output", tmp_path / "default")
+    portable = run(*args, "--output", tmp_path / "portable", "--runner=PortableRunner", "--job_endpoint=embed",
+                   "--environment_type=LOOPBACK")
+    assert default["runner"] == "FnApiRunner" and portable["runner"] == "PortableRunner"
+    assert _record_set(tmp_path / "default") == _record_set(tmp_path / "portable")
+    assert default["splits"] == portable["splits"]
+    assert (tmp_path / "default" / "mean.png").read_bytes() == (tmp_path / "portable" / "mean.png").read_bytes()
+
+
+def test_help_lists_every_option():
+    text = extract.build_parser().format_help()
+    for option in ("--input", "--output", "--size", "--fit", "--crop-factor", "--every", "--fps", "--start", "--end",
+                   "--format", "--quality", "--compression", "--num-shards", "--shard-mb", "--incremental",
+                   "--validation-fraction", "--validation-block", "--segment-seconds"):
+        assert option in text
+    assert math.isclose(extract.build_parser().parse_args(["--input", "x", "--output", "y"]).validation_fraction,
+                        0.05)
