@@ -229,7 +229,8 @@ def run(argv=None):
 
     result = _run_pipeline(settings, new, beam_args)
     try:
-        manifest, moments, run_skipped, new_files = _finalize(args, settings, header, old, new, result, output)
+        manifest, moments, run_skipped, new_files = _finalize(args, settings, header, old, new, result, output,
+                                                              skipped)
     finally:
         shutil.rmtree(settings.tmp_dir, ignore_errors=True)
     skipped += run_skipped
@@ -289,7 +290,7 @@ def _run_pipeline(settings, new, beam_args):
             "runner": type(runner).__name__ if runner else options.get_all_options()["runner"]}
 
 
-def _finalize(args, settings, header, old, new, result, output):
+def _finalize(args, settings, header, old, new, result, output, problems):
     """Rename the parts into shards, build and write the manifest, mean/std images. Returns
     (manifest, moments, skipped this run, [new file dicts])."""
     from apache_beam.io.filesystems import FileSystems
@@ -351,7 +352,8 @@ def _finalize(args, settings, header, old, new, result, output):
     moments = {"count": result["moments"]["count"], "sum": result["moments"]["sum"].astype("int64"),
                "sumsq": result["moments"]["sumsq"].astype("int64")}
     manifest = dict(header)
-    manifest.update(splits=splits, sources=sources_entry, skipped=sorted(skipped, key=lambda s: s["input"]),
+    manifest.update(splits=splits, sources=sources_entry,
+                    skipped=sorted(problems + skipped, key=lambda s: s["input"]),
                     attribute_names=result["attribute_names"],
                     bytes=sum(_size(os.path.join(output, f["name"]), f["bytes"]) for f in new_files),
                     mean_image=mf.MEAN_IMAGE, std_image=mf.STD_IMAGE, moments=mf.MOMENTS,

@@ -284,6 +284,10 @@ class PlanFilm(beam.DoFn):
 
     def process(self, item):
         s = self.settings
+        if _is_text(item.path):
+            # ffmpeg's "tty" demuxer would happily render a text file as a film of ANSI art.
+            yield _skip(self.bad, item.path, "not media (a text file)")
+            return
         try:
             info = media.probe(item.path)
         except media.MediaError as e:
@@ -314,6 +318,22 @@ class PlanFilm(beam.DoFn):
             self.segments.inc()
             yield {"path": item.path, "info": dataclasses.replace(info, pts=window), "start": a, "stop": b,
                    "first": lo, "blocks": blocks}
+
+
+def _is_text(path):
+    """True when the file starts with a few KB of UTF-8 text and no NUL byte (no film container does)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    if not head or b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 3  # a multi-byte character cut at the end of the block
+    return True
 
 
 class _PtsWindow:
@@ -407,6 +427,8 @@ class DecodeStills(beam.DoFn):
         self.encoder = RecordEncoder(self.settings)
         self.encode = _Encode(self.settings)
         self.stores = {}
+        # A bad picture is reported once, as a skipped input; OpenCV's own warnings would only repeat it.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
     def teardown(self):
         for store in getattr(self, "stores", {}).values():
