@@ -10,7 +10,10 @@ def main(run, argv=None):
     """Run a job the way the command line does: user errors become one line and an exit code."""
     from pipelines.errors import CadlError
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Our own progress at INFO; other libraries only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for package in ("cadl", "jobs", "pipelines", "models"):
+        logging.getLogger(package).setLevel(logging.INFO)
     try:
         run(argv)
     except CadlError as e:

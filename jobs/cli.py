@@ -1,7 +1,11 @@
 """The ``cadl`` console script: ``cadl <job> [options]``, one subcommand per module in ``jobs``."""
+import contextlib
 import importlib
+import logging
 import os
+import re
 import sys
+import tempfile
 
 from jobs import JOBS, main as run_job
 
@@ -29,10 +33,51 @@ def main(argv=None):
     if name not in JOBS:
         print(f"cadl: unknown job {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    # TensorFlow's C++ start-up chatter is noise for a command-line user; keep warnings and errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not {"-h", "--help"} & set(rest):
+        quiet_imports()
     module = importlib.import_module(f"jobs.{name}")
     return run_job(module.run, rest)
+
+
+# Start-up lines TensorFlow and Beam print on every run that tell a user nothing: absl INFO lines written
+# before logging is set up, the CUDA probe on a machine without a GPU, optional Google Cloud clients.
+_CHATTER = re.compile(r"^(I0000 |WARNING: All log messages before absl|E0000 .*cuInit|W0000 .*cuda"
+                      r"|.*oneDNN custom operations|.*Could not find cuda drivers)")
+
+
+@contextlib.contextmanager
+def _filtered_stderr():
+    """Capture file descriptor 2 (C++ code writes there directly), then replay all but the chatter."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if line.strip() and not _CHATTER.match(line):
+                    print(line, file=sys.stderr)
+
+
+def quiet_imports():
+    """Import TensorFlow (and look for GPUs) and Beam once, without their start-up chatter."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # Beam logs optional-dependency warnings on import
+    try:
+        with _filtered_stderr():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")
+            import apache_beam  # noqa: F401
+    finally:
+        root.setLevel(level)
 
 
 if __name__ == "__main__":
