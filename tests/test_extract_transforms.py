@@ -1,0 +1,170 @@
+"""The extraction pipeline's pieces: the TensorFlow-free record encoder and TFRecord writer, the split rules,
+and each DoFn / PTransform run in memory with TestPipeline."""
+import os
+
+import apache_beam as beam
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines import extract, media, schema, sources
+from pipelines.extract import (DecodeFilmSegment, DecodeStills, PlanFilm, RecordEncoder, Settings, TFRecordFile,
+                               WriteShards)
+
+
+def settings(tmp_path=None, **overrides):
+    base = dict(size=(18, 32), fit="crop", fmt="png", validation_fraction=0.0, segment_seconds=0.5,
+                tmp_dir=str(tmp_path or ""), schema_version=schema.SCHEMA_VERSION,
+                feature_names=tuple(schema.FEATURES))
+    base.update(overrides)
+    return Settings(**base)
+
+
+def pipeline():
+    # FnApiRunner: TestPipeline's default DirectRunner would first try Prism, which needs a download.
+    return BeamTestPipeline(runner=FnApiRunner())
+
+
+@pytest.mark.parametrize("values", [
+    dict(source="/films/a.mp4", frame_index=123456, timestamp=4.92, split="validation", attributes=()),
+    dict(source="000001.jpg", frame_index=0, timestamp=0.0, split="test", attributes=(-1, 1, 1, -1)),
+    dict(source="ünïcödé.png", frame_index=2 ** 40, timestamp=1e-3, split="train", attributes=(1,)),
+])
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_encoder_writes_the_schemas_example(values, fmt):
+    s = settings(size=(72, 128), fmt=fmt)
+    image = bytes(range(256)) * 3
+    ours = RecordEncoder.encode(RecordEncoder(s).prefix(values["source"], values["split"], values["attributes"]),
+                                image, values["frame_index"], values["timestamp"])
+    theirs = schema.encode_record(image, fmt=fmt, height=72, width=128, channels=3, **values)
+    assert tf.train.Example.FromString(ours) == tf.train.Example.FromString(theirs)
+    decoded = schema.decode_record(ours)
+    assert decoded["image"] == image and decoded["source"] == values["source"]
+    assert decoded["attributes"] == list(values["attributes"])
+    parsed = schema.parse_records(tf.constant([ours]))
+    assert int(parsed["frame_index"][0]) == values["frame_index"] and parsed["split"][0].numpy().decode() == \
+        values["split"]
+
+
+def test_encoder_refuses_a_schema_it_does_not_know():
+    with pytest.raises(ValueError, match="features"):
+        RecordEncoder(settings(feature_names=tuple(schema.FEATURES) + ("depth",)))
+
+
+@pytest.mark.parametrize("compression", ["", "GZIP"])
+def test_tfrecord_file_is_read_by_tensorflow(tmp_path, compression):
+    path = str(tmp_path / ("x.tfrecord" + (".gz" if compression else "")))
+    records = [os.urandom(n) for n in (0, 1, 100, 70000)]
+    shard = TFRecordFile(path, compression)
+    for i, r in enumerate(records):
+        shard.write(f"k{i}", r)
+    part = shard.close()
+    assert part["count"] == 4 and part["first_key"] == "k0"
+    read = [x.numpy() for x in tf.data.TFRecordDataset(path, compression_type=compression or None)]
+    assert read == records
+
+
+def test_split_rules_are_stable():
+    assert 0 <= extract.unit_hash("a", 1) < 1 and extract.unit_hash("a", 1) == extract.unit_hash("a", 1)
+    assert extract.unit_hash("a", 1) != extract.unit_hash("a", 2)
+    shares = [extract.still_split(f"dir/{i}.jpg", 0.25) for i in range(4000)]
+    assert 0.22 < shares.count("validation") / 4000 < 0.28
+    blocks = extract.validation_blocks("film.mp4", 400.0, 4.0, 0.05)
+    assert 1 <= len(blocks) <= 15 and blocks == extract.validation_blocks("film.mp4", 400.0, 4.0, 0.05)
+    assert extract.validation_blocks("film.mp4", 3.0, 4.0, 0.05) <= {0}     # one block: maybe none
+    assert len(extract.validation_blocks("x.mp4", 8.0, 4.0, 1e-9)) == 1    # two blocks: at least one
+    assert extract.validation_blocks("x.mp4", 8.0, 4.0, 0.0) == frozenset()
+
+
+def test_pts_window_answers_like_the_full_list(short_film):
+    info = media.probe(short_film)
+    window = extract._PtsWindow(info.pts, 29, 41)
+    assert len(window) == len(info.pts) and window[0] == info.pts[0]
+    assert window[30:41] == info.pts[30:41] and window[29] == info.pts[29] and window[40] == info.pts[40]
+    with pytest.raises(IndexError):
+        window[45]
+
+
+def film_input(path):
+    [item], _ = sources.discover([path])
+    return item
+
+
+def test_plan_film_covers_the_film_with_segments(short_film, tmp_path):
+    s = settings(tmp_path)
+    expected = media.probe(short_film).segments(0.5)
+    assert len(expected) == 6 and expected[0][0] == 0 and expected[-1][1] == 75
+    assert all(a[1] == b[0] for a, b in zip(expected, expected[1:]))  # contiguous: every frame once
+    with pipeline() as p:
+        planned = p | beam.Create([film_input(short_film)]) | beam.ParDo(PlanFilm(s)).with_outputs(
+            "report", main="segments")
+        ranges = planned.segments | beam.Map(lambda seg: (seg["start"], seg["stop"]))
+        assert_that(ranges | beam.combiners.ToList() | beam.Map(sorted),
+                    equal_to([expected]))
+        kinds = planned.report | beam.Map(lambda r: (r[0], r[1], r[2]["num_frames"]))
+        assert_that(kinds, equal_to([("facts", str(short_film), 75)]), label="facts")
+
+
+def test_plan_film_counts_bad_films(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x01" * 1000)
+    p = pipeline()
+    planned = p | beam.Create([film_input(bad)]) | beam.ParDo(PlanFilm(settings(tmp_path))).with_outputs(
+        "report", main="segments")
+    assert_that(planned.report | beam.Map(lambda r: (r[0], r[1])), equal_to([("skip", str(bad))]))
+    assert_that(planned.segments, equal_to([]), label="no segments")
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("bad_inputs"))["counters"]
+    assert sum(c.committed for c in counters) == 1
+
+
+def test_decode_segments_give_each_frame_once(short_film, tmp_path):
+    s = settings(tmp_path, every=2)
+    with pipeline() as p:
+        decoded = (p | beam.Create([film_input(short_film)])
+                   | beam.ParDo(PlanFilm(s)).with_outputs("report", main="segments")).segments \
+            | beam.Reshuffle() | beam.ParDo(DecodeFilmSegment(s)).with_outputs("report", "moments", main="records")
+        keys = decoded.records | beam.Map(lambda r: (r[0], int(r[1].rsplit("\t", 1)[1])))
+        assert_that(keys, equal_to([("train", i) for i in range(0, 75, 2)]))
+        counts = decoded.report | beam.Filter(lambda r: r[0] == "count") | beam.Map(lambda r: r[2]) \
+            | beam.CombineGlobally(sum)
+        assert_that(counts, equal_to([38]), label="counts")
+        frames = (decoded.moments | beam.Map(lambda m: (m[0], m[1].shape)) | beam.combiners.ToList()
+                  | beam.Map(lambda ms: (sum(m[0] for m in ms), sorted({m[1] for m in ms}))))
+        assert_that(frames, equal_to([(38, [(18, 32, 3)])]), label="moments")
+
+
+def test_decode_stills_encodes_and_reports(tmp_path):
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((30, 50, 3), 200, np.uint8))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8junk")
+    items, _ = sources.discover([good, bad])
+    s = settings(tmp_path, fmt="jpeg", quality=80)
+    with pipeline() as p:
+        out = p | beam.Create([{"kind": "image", "items": items}]) | beam.ParDo(DecodeStills(s)).with_outputs(
+            "report", "moments", main="records")
+        shapes = out.records | beam.Map(lambda r: (r[0], schema.decode_record(r[2])["format"], cv2.imdecode(
+            np.frombuffer(schema.decode_record(r[2])["image"], np.uint8), cv2.IMREAD_COLOR).shape))
+        assert_that(shapes, equal_to([("train", "jpeg", (18, 32, 3))]))
+        assert_that(out.report, equal_to([("skip", str(bad), "not a readable image"), ("count", str(good), 1)]),
+                    label="report")
+
+
+def test_write_shards_rolls_over_and_reports_parts(tmp_path):
+    s = settings(tmp_path, shard_bytes=1000)
+    records = [("train" if i % 3 else "validation", f"k{i:03d}", bytes([i]) * 300) for i in range(30)]
+    with pipeline() as p:
+        parts = p | beam.Create(records) | beam.ParDo(WriteShards(s))
+        totals = parts | beam.Map(lambda part: (part[1], part[2]["count"])) | beam.CombinePerKey(sum)
+        assert_that(totals, equal_to([("train", 20), ("validation", 10)]))
+    written = sorted(os.listdir(tmp_path))
+    assert len(written) >= 30 * 316 // 1316  # every file closed at ~1000 bytes
+    read = sorted(r.numpy() for name in written for r in tf.data.TFRecordDataset(str(tmp_path / name)))
+    assert read == sorted(r[2] for r in records)
