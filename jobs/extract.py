@@ -135,7 +135,7 @@ def _settings(args, output):
         segment_seconds=args.segment_seconds, compression="GZIP" if args.compression == "gzip" else "",
         shard_bytes=int(args.shard_mb * 2 ** 20), num_shards=args.num_shards,
         tmp_dir=os.path.join(output, f".cadl-extract-{uuid.uuid4().hex[:12]}"),
-        schema_version=schema.SCHEMA_VERSION, feature_names=tuple(schema.FEATURES))
+        schema_version=schema.SCHEMA_VERSION, feature_names=schema.FEATURE_NAMES)
 
 
 def _options_record(args, settings):

@@ -266,3 +266,16 @@ def test_help_lists_every_option():
         assert option in text
     assert math.isclose(extract.build_parser().parse_args(["--input", "x", "--output", "y"]).validation_fraction,
                         0.05)
+
+
+def test_extraction_never_imports_tensorflow(short_film, tmp_path):
+    # TensorFlow costs ~2 s and ~0.6 GB per process: neither the driver nor the (thread) workers need it.
+    import subprocess
+    import sys
+
+    code = ("import sys, jobs.extract as e; "
+            f"e.run(['--input', {str(short_film)!r}, '--output', {str(tmp_path / 'data')!r}, '--size', '18x32']); "
+            "print('tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
