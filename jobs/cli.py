@@ -34,7 +34,7 @@ def main(argv=None):
         print(f"cadl: unknown job {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     if not {"-h", "--help"} & set(rest):
-        quiet_imports()
+        quiet_imports(tensorflow=name != "extract")  # extraction never needs TensorFlow
     module = importlib.import_module(f"jobs.{name}")
     return run_job(module.run, rest)
 
@@ -64,7 +64,7 @@ def _filtered_stderr():
                     print(line, file=sys.stderr)
 
 
-def quiet_imports():
+def quiet_imports(tensorflow=True):
     """Import TensorFlow (and look for GPUs) and Beam once, without their start-up chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     root = logging.getLogger()
@@ -72,9 +72,10 @@ def quiet_imports():
     root.setLevel(logging.ERROR)  # Beam logs optional-dependency warnings on import
     try:
         with _filtered_stderr():
-            import tensorflow as tf
+            if tensorflow:
+                import tensorflow as tf
 
-            tf.config.list_physical_devices("GPU")
+                tf.config.list_physical_devices("GPU")
             import apache_beam  # noqa: F401
     finally:
         root.setLevel(level)
