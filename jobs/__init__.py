@@ -11,7 +11,7 @@ def main(run, argv=None):
     from pipelines.errors import CadlError
 
     # Our own progress at INFO; other libraries only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
     for package in ("cadl", "jobs", "pipelines", "models"):
         logging.getLogger(package).setLevel(logging.INFO)
     try:
