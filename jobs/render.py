@@ -35,6 +35,7 @@ import os
 import queue
 import shutil
 import sys
+import tempfile
 import threading
 import time
 
@@ -579,8 +580,11 @@ def _check_paths(args, fmt):
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         raise CadlError(f"{args.output}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CadlError(f"{args.output}: the folder {parent} is not writable")
+    try:  # really try: permissions, read-only filesystems, full quotas
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise CadlError(f"{args.output}: the folder {parent} is not writable ({e.strerror})") from None
     return out
 
 

@@ -1,0 +1,338 @@
+"""cadl render end to end with a really trained tiny VAE: exactness, options, resume, Beam, bad input."""
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import jobs
+from jobs import render
+from pipelines import atomic, geometry, media, video_out
+from pipelines.errors import CadlError
+from pipelines.synthetic import make_film
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny VAE (16x16, preset tiny) trained for a few steps on frames extracted from a generated film."""
+    from jobs import extract, train
+
+    root = tmp_path_factory.mktemp("render_model")
+    film = make_film(root / "train.mp4", "testsrc2", seconds=2, size=(128, 72), rate="25", audio=False)
+    extract.run(["--input", str(film), "--output", str(root / "data"), "--size", "16x16"])
+    train.run(["--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny",
+               "--max-steps", "12", "--no-progress"])
+    return str(root / "run")
+
+
+@pytest.fixture(scope="session")
+def model(tiny_run):
+    from models import vae
+    return vae.load_inference(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def vfr_film(film_dir):
+    return make_film(film_dir / "vfr_render.mp4", "testsrc2", seconds=2, size=(96, 64), rate="30",
+                     extra_video_args=["-vf", r"select='not(eq(mod(n\,7)\,3))*not(eq(mod(n\,11)\,5))'",
+                                       "-fps_mode", "passthrough"])
+
+
+@pytest.fixture(scope="module")
+def odd_film(film_dir):
+    """Odd sides (81x45), 4:4:4 so H.264 accepts them: the output must still be legal 4:2:0."""
+    return make_film(film_dir / "odd.mp4", "mandelbrot", seconds=1, size=(81, 45), rate="25",
+                     extra_video_args=["-pix_fmt", "yuv444p"])
+
+
+def _render(model_path, film, out, *extra):
+    return render.run(["--model", model_path, "--input", str(film), "--output", str(out),
+                       "--preset", "ultrafast", *extra])
+
+
+def _frames(path):
+    return [f for _, _, f in media.read_frames(path)]
+
+
+def _psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def _relative_times(info):
+    return [(p - info.pts[0]) * info.time_base for p in info.pts]
+
+
+# ---- the geometry of a frame's path (no model needed) ----
+
+@pytest.mark.parametrize("fit", geometry.FITS)
+def test_fit_then_unfit_gives_back_the_picture_undistorted(fit):
+    """With an identity 'model', from_model(to_model(frame)) is the frame (where the model saw it)."""
+    rng = np.random.default_rng(0)
+    frame = cv2_smooth(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8))
+    fmt = video_out.output_format("x.mp4")
+    info = media.VideoInfo("x", 160, 90, None, (0,), None, False, 0.0, "h264", None, 0, 0)
+    layout = render.make_layout(info, {"image_size": [32, 32], "fit": fit}, fmt)
+    back = render.from_model(render.to_model(frame, layout), layout)
+    assert back.shape == frame.shape
+    if fit == "crop":
+        t, l, b, r = layout.region
+        assert (t, b) == (0, 90) and 30 <= l < r <= 130 and r - l == 90  # the centre square
+        assert not back[:, :l].any() and not back[:, r:].any()           # never seen: black
+        assert _psnr(back[:, l:r], frame[:, l:r]) > 24
+    else:
+        assert _psnr(back, frame) > 22  # pad keeps everything; stretch is undone
+
+
+def cv2_smooth(image):
+    import cv2
+    return cv2.GaussianBlur(image, (0, 0), 3)
+
+
+def test_layout_sizes_are_even_and_undistorted():
+    fmt = video_out.output_format("x.mp4")
+    info = media.VideoInfo("x", 81, 45, None, (0,), None, False, 0.0, "h264", None, 0, 0)
+    cfg = {"image_size": [16, 16], "fit": "crop"}
+    assert render.make_layout(info, cfg, fmt).frame_size == (44, 80)
+    assert render.make_layout(info, cfg, fmt, side_by_side=True).frame_size == (44, 160)
+    assert render.make_layout(info, cfg, fmt, scale=2).frame_size == (90, 162)
+    boxed = render.make_layout(info, cfg, fmt, output_size=(100, 100))
+    assert boxed.frame_size == (100, 100) and boxed.picture == (56, 100)  # letterboxed, aspect kept
+    png = video_out.output_format("frames")
+    assert render.make_layout(info, cfg, png).frame_size == (45, 81)  # PNG takes odd sides
+
+
+def test_latent_smoother_is_a_centred_mean_clipped_at_the_ends():
+    zs = {i: np.array([float(i * i)]) for i in range(10)}
+    s = render.LatentSmoother(radius=2, emit_start=3, emit_stop=10, last_index=9)
+    out = []
+    for i in range(1, 10):  # frames 1, 2 are context for frame 3
+        out += s.push(i, zs[i], f"frame{i}")
+    assert [i for i, _, _ in out] == list(range(3, 10))
+    got = {i: z[0] for i, z, _ in out}
+    assert got[3] == pytest.approx(np.mean([1, 4, 9, 16, 25]))
+    assert got[9] == pytest.approx(np.mean([49, 64, 81]))  # clipped at the film's end
+    assert [f for _, _, f in out][0] == "frame3"
+
+
+# ---- exactness ----
+
+def test_mp4_same_frames_rate_duration_audio_and_content(tiny_run, model, short_film, tmp_path):
+    out = tmp_path / "out.mp4"
+    summary = _render(tiny_run, short_film, out, "--crf", "12")
+    src, res = media.probe(short_film), media.probe(out)
+    assert res.num_frames == src.num_frames == summary["frames"] == 75
+    assert res.fps == src.fps and summary["fps"] == "25"
+    assert res.duration == pytest.approx(src.duration, abs=1e-6)
+    assert res.audio_codec == "aac" and summary["audio"] == "copy" and summary["audio_kept"]
+    assert (res.width, res.height) == (160, 90)
+    saved = atomic.read_json(str(out) + ".summary.json")
+    assert saved["frames"] == 75 and set(saved["seconds"]) >= {"decode", "infer", "encode", "join", "total"}
+    assert not os.path.exists(str(out) + ".parts")
+    # Each output frame is the model's reconstruction put back in place (up to H.264 at crf 12).
+    layout = render.make_layout(src, model.config, video_out.output_format(out))
+    frames = _frames(short_film)
+    for i in (0, 40, 74):
+        want = render.compose(frames[i], model.reconstruct(render.to_model(frames[i], layout)[None])[0], layout)
+        assert _psnr(_frames_at(out, i), want) > 33
+
+
+def _frames_at(path, i):
+    return next(f for _, _, f in media.read_frames(path, start=i, stop=i + 1))
+
+
+def test_ntsc_mkv_keeps_24000_1001_and_copies_vorbis(tiny_run, ntsc_film, tmp_path):
+    out = tmp_path / "out.mkv"
+    summary = _render(tiny_run, ntsc_film, out, "--segment-seconds", "0.5")
+    src, res = media.probe(ntsc_film), media.probe(out)
+    assert summary["segments"] >= 4
+    assert res.fps == src.fps == media.Fraction(24000, 1001) and res.num_frames == src.num_frames
+    assert res.duration == pytest.approx(src.duration, abs=0.0015)
+    assert res.audio_codec == "vorbis" and summary["audio"] == "copy"
+
+
+def test_silent_film_gives_silent_output(tiny_run, silent_film, tmp_path):
+    summary = _render(tiny_run, silent_film, tmp_path / "out.mp4")
+    assert media.probe(tmp_path / "out.mp4").audio_codec is None
+    assert summary["audio_kept"] is False and summary["frames"] == media.probe(silent_film).num_frames
+
+
+def test_variable_frame_rate_keeps_each_frame_time(tiny_run, vfr_film, tmp_path):
+    out = tmp_path / "out.mp4"
+    _render(tiny_run, vfr_film, out, "--segment-seconds", "0.5")
+    src, res = media.probe(vfr_film), media.probe(out)
+    assert src.vfr and res.vfr and res.num_frames == src.num_frames
+    assert _relative_times(res) == _relative_times(src)
+    assert res.duration == pytest.approx(src.duration, abs=1e-9)
+
+
+# ---- options ----
+
+def test_side_by_side_blend_and_sizes(tiny_run, odd_film, tmp_path):
+    side = _render(tiny_run, odd_film, tmp_path / "side.mp4", "--side-by-side")
+    assert (side["width"], side["height"]) == (160, 44)  # two 80x44 panels: 81x45 cut by a pixel
+    res = media.probe(tmp_path / "side.mp4")
+    assert (res.width, res.height) == (160, 44) and res.num_frames == 25
+    scaled = _render(tiny_run, odd_film, tmp_path / "scaled.mp4", "--scale", "2")
+    assert (scaled["width"], scaled["height"]) == (162, 90)
+    # Lossless FFV1 takes odd sides: the left panel is the original exactly, --blend 0 is the original,
+    # --blend 0.5 is the mean of the two panels.
+    _render(tiny_run, odd_film, tmp_path / "side.mkv", "--side-by-side", "--codec", "ffv1")
+    _render(tiny_run, odd_film, tmp_path / "blend0.mkv", "--blend", "0", "--codec", "ffv1")
+    _render(tiny_run, odd_film, tmp_path / "blend5.mkv", "--blend", "0.5", "--codec", "ffv1")
+    source = _frames(odd_film)[3]
+    both = _frames_at(tmp_path / "side.mkv", 3)
+    left, right = both[:, :81], both[:, 81:].astype(int)
+    assert both.shape == (45, 162, 3) and np.array_equal(left, source)
+    assert _psnr(right, source) < 30  # the reconstruction of a 16x16 tiny model is no copy
+    assert np.array_equal(_frames_at(tmp_path / "blend0.mkv", 3), source)
+    half = _frames_at(tmp_path / "blend5.mkv", 3).astype(int)
+    assert np.abs(half - (source.astype(int) + right) / 2).max() <= 1
+
+
+def test_png_sequence_smoothing_matches_a_direct_computation(tiny_run, model, short_film, tmp_path):
+    """--smooth 5 over segments of 0.4 s: each PNG is decode(mean of 5 neighbouring z) put in place."""
+    out = tmp_path / "frames"
+    summary = _render(tiny_run, short_film, out, "--smooth", "5", "--segment-seconds", "0.4",
+                      "--batch-size", "8")
+    assert summary["segments"] >= 7 and os.path.exists(out / "summary.json")
+    names = sorted(n for n in os.listdir(out) if n.endswith(".png"))
+    assert len(names) == 75 and os.path.exists(out / "audio.mka") and os.path.exists(out / "timestamps.txt")
+    src = media.probe(short_film)
+    layout = render.make_layout(src, model.config, video_out.output_format(out))
+    frames = _frames(short_film)
+    z = model.encode(np.stack([render.to_model(f, layout) for f in frames]))
+    from PIL import Image
+    for i in (0, 9, 10, 11, 37, 74):  # 10 starts a segment: its window reaches into the previous one
+        mean = z[max(0, i - 2):i + 3].mean(axis=0)
+        want = render.compose(frames[i], model.decode(mean[None])[0], layout)
+        got = np.asarray(Image.open(out / names[i]).convert("RGB"))
+        assert np.abs(got.astype(int) - want).max() <= 2, i
+    plain = _render(tiny_run, short_film, tmp_path / "plain", "--segment-seconds", "0.4")
+    a = np.asarray(Image.open(tmp_path / "plain" / names[20]))
+    b = np.asarray(Image.open(out / names[20]))
+    assert plain["frames"] == 75 and not np.array_equal(a, b)  # smoothing changed the picture
+
+
+# ---- resume and parallel rendering ----
+
+def test_resume_after_a_crash_renders_each_frame_once(tiny_run, short_film, tmp_path, monkeypatch, caplog):
+    clean = tmp_path / "clean.mp4"
+    _render(tiny_run, short_film, clean, "--segment-seconds", "0.5")
+    out = tmp_path / "out.mp4"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the join")
+
+    monkeypatch.setattr(video_out, "join", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _render(tiny_run, short_film, out, "--segment-seconds", "0.5")
+    monkeypatch.undo()
+    parts = str(out) + ".parts"
+    segments = sorted(n for n in os.listdir(parts) if n.startswith("seg-"))
+    assert len(segments) == 6 and not os.path.exists(out)
+    for name in segments[3:]:  # as if the crash came during segment 3
+        os.remove(os.path.join(parts, name))
+    with caplog.at_level(logging.INFO, logger="cadl.render"):
+        summary = _render(tiny_run, short_film, out, "--segment-seconds", "0.5")
+    at = media.probe(short_film).segments(0.5)[3][0]
+    assert at > 0 and f"resuming at frame {at} " in caplog.text
+    assert summary["resumed_at_frame"] == at and summary["frames_rendered_now"] == 75 - at
+    a, b = _frames(clean), _frames(out)
+    assert len(a) == len(b) == 75 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not os.path.exists(parts)
+
+
+def test_beam_direct_runner_gives_the_same_frames_as_local(tiny_run, short_film, tmp_path):
+    local = _render(tiny_run, short_film, tmp_path / "local.mp4", "--segment-seconds", "1")
+    beam = _render(tiny_run, short_film, tmp_path / "beam.mp4", "--segment-seconds", "1",
+                   "--runner", "DirectRunner")
+    assert beam["runner"] == "DirectRunner" and beam["frames"] == local["frames"] == 75
+    a, b = _frames(tmp_path / "local.mp4"), _frames(tmp_path / "beam.mp4")
+    assert len(a) == len(b) == 75 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert media.probe(tmp_path / "beam.mp4").audio_codec == "aac"
+
+
+# ---- bad input ----
+
+def test_bad_input_is_one_line_and_overwrites_nothing(tiny_run, short_film, tmp_path, capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a film at all" * 100)
+    with pytest.raises(CadlError, match="broken.mp4"):
+        _render(tiny_run, broken, tmp_path / "o1.mp4")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(CadlError, match="empty_run"):
+        _render(str(tmp_path / "empty_run"), short_film, tmp_path / "o2.mp4")
+    with pytest.raises(CadlError, match="output is the input"):
+        _render(tiny_run, short_film, short_film, "--overwrite")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(CadlError, match="cannot create the output folder"):
+        _render(tiny_run, short_film, blocker / "out.mp4")
+    existing = tmp_path / "existing.mp4"
+    existing.write_bytes(b"precious")
+    with pytest.raises(CadlError, match="--overwrite"):
+        _render(tiny_run, short_film, existing)
+    assert existing.read_bytes() == b"precious"
+    # The command line: exit status 2 and a single line on stderr.
+    code = jobs.main(render.run, ["--model", tiny_run, "--input", str(broken), "--output", str(tmp_path / "o.mp4")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("cadl: error:") and "broken.mp4" in err and "\n" not in err
+    assert not os.path.exists(tmp_path / "o1.mp4") and not os.path.exists(tmp_path / "o.mp4")
+
+
+def test_model_with_another_channel_count_is_refused(short_film, tmp_path):
+    from models import vae
+    grey = vae.VAE(vae.make_config(vae.TINY, channels=1)).build_all()
+    grey.save(tmp_path / "grey.keras")
+    with pytest.raises(CadlError, match="1-channel"):
+        _render(str(tmp_path / "grey.keras"), short_film, tmp_path / "o.mp4")
+
+
+# ---- slow: a real kill -9, and Beam with several worker processes ----
+
+@pytest.mark.slow
+def test_kill_minus_9_then_rerun_resumes_with_every_frame_once(tiny_run, tmp_path):
+    film = make_film(tmp_path / "long.mp4", "mandelbrot", seconds=8, size=(160, 90), rate="25")
+    out = tmp_path / "out.mp4"
+    cmd = [sys.executable, "-m", "jobs.render", "--model", tiny_run, "--input", str(film), "--output", str(out),
+           "--segment-seconds", "1", "--preset", "ultrafast"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = str(out) + ".parts"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = [n for n in os.listdir(parts) if n.startswith("seg-")] if os.path.isdir(parts) else []
+        if len(done) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the render finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(out)
+    rerun = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stdout[-2000:]
+    assert "resuming at frame" in rerun.stdout
+    resumed_at = int(rerun.stdout.split("resuming at frame ")[1].split()[0])
+    assert resumed_at >= 75 and resumed_at % 25 == 0
+    clean = tmp_path / "clean.mp4"
+    subprocess.run(cmd[:7] + [str(clean)] + cmd[8:], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=400)
+    a, b = _frames(clean), _frames(out)
+    assert len(a) == len(b) == 200 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_beam_multiprocess_workers_give_the_same_frames(tiny_run, ntsc_film, tmp_path):
+    local = _render(tiny_run, ntsc_film, tmp_path / "local.mkv", "--segment-seconds", "0.5", "--codec", "ffv1")
+    beam = _render(tiny_run, ntsc_film, tmp_path / "beam.mkv", "--segment-seconds", "0.5", "--codec", "ffv1",
+                   "--runner", "DirectRunner", "--direct_num_workers", "2",
+                   "--direct_running_mode", "multi_processing")
+    assert beam["frames"] == local["frames"] == media.probe(ntsc_film).num_frames
+    a, b = _frames(tmp_path / "local.mkv"), _frames(tmp_path / "beam.mkv")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert media.probe(tmp_path / "beam.mkv").fps == media.Fraction(24000, 1001)
