@@ -33,8 +33,7 @@ def main(argv=None):
     if name not in JOBS:
         print(f"cadl: unknown job {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    if not {"-h", "--help"} & set(rest):
-        quiet_imports(tensorflow=name != "extract")  # extraction never needs TensorFlow
+    quiet_imports(tensorflow=name != "extract")  # extraction never needs TensorFlow
     module = importlib.import_module(f"jobs.{name}")
     return run_job(module.run, rest)
 
