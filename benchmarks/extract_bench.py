@@ -1,0 +1,166 @@
+"""How fast is ``cadl extract`` on a film, against the course's own recipe on the same film in the same run?
+
+    /work/venv/bin/python benchmarks/extract_bench.py                    # 5 minutes of 640x360, 72x128 records
+    /work/venv/bin/python benchmarks/extract_bench.py --seconds 30       # a quick look
+    /work/venv/bin/python benchmarks/extract_bench.py -- --format jpeg   # options after -- go to cadl extract
+
+Baseline: ``ffmpeg -i film -s WxH -f image2 frames/%08d.jpg`` (the course's frame dump, with the ffmpeg that
+imageio-ffmpeg ships). Ours: the whole ``cadl extract --input film --output DIR --size HxW`` command as a
+subprocess, interpreter and pipeline start-up included. Both are timed on the same generated film one after
+the other, and the figure that matters is the ratio of their frame rates (goal: >= 0.5x).
+
+Peak memory is the largest sum of resident memory over the command's whole process tree (Python, its
+worker threads, the ffmpeg decoders), sampled every 20 ms from /proc; the largest single process comes from
+``getrusage(RUSAGE_CHILDREN)``. The machine may be shared: run it when it is quiet, and compare figures
+from the same run only.
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from pipelines import media  # noqa: E402
+from pipelines.synthetic import ffmpeg_exe, make_film  # noqa: E402
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=300.0, help="film length in seconds (default: 300)")
+    p.add_argument("--film-size", default="640x360", help="film picture size WxH (default: 640x360)")
+    p.add_argument("--rate", default="25", help="film frame rate (default: 25)")
+    p.add_argument("--source", default="testsrc2", choices=("testsrc2", "mandelbrot", "life"),
+                   help="lavfi source of the film (default: testsrc2)")
+    p.add_argument("--size", default="72x128", help="record size HxW for cadl extract; the baseline gets the "
+                                                    "same as WxH (default: 72x128)")
+    p.add_argument("--workdir", default=None, help="where the film and outputs go (default: a temp folder; the "
+                                                    "film is reused between runs when it exists there)")
+    p.add_argument("--repeat", type=int, default=1, help="timed runs of each command; the best is reported")
+    p.add_argument("--entry", choices=("cadl", "module"), default="cadl",
+                   help="run 'cadl extract' (the console script, via jobs.cli) or 'python -m jobs.extract'")
+    p.add_argument("extra", nargs="*", help="options after -- are passed to cadl extract")
+    return p
+
+
+class TreeMemory(threading.Thread):
+    """Samples the summed RSS (bytes) of a process and all its descendants until stopped."""
+
+    def __init__(self, pid, every=0.02):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak, self._done = pid, every, 0, threading.Event()
+
+    def run(self):
+        while not self._done.is_set():
+            self.peak = max(self.peak, self._tree_rss())
+            self._done.wait(self.every)
+
+    def stop(self):
+        self._done.set()
+        self.join()
+
+    def _tree_rss(self):
+        parents, rss = {}, {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parents[int(name)] = int(fields[1])
+                rss[int(name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                continue
+        tree, frontier = {self.pid}, [self.pid]
+        while frontier:
+            parent = frontier.pop()
+            for child, ppid in parents.items():
+                if ppid == parent and child not in tree:
+                    tree.add(child)
+                    frontier.append(child)
+        return sum(rss.get(p, 0) for p in tree)
+
+
+def timed(cmd, env=None):
+    """(seconds, peak tree RSS bytes, returncode, stderr tail) of one command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            env=env)
+    memory = TreeMemory(proc.pid)
+    memory.start()
+    _, err = proc.communicate()
+    seconds = time.perf_counter() - start
+    memory.stop()
+    return seconds, memory.peak, proc.returncode, err.decode(errors="replace")[-2000:]
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    fw, fh = (int(v) for v in args.film_size.lower().split("x"))
+    workdir = args.workdir or tempfile.mkdtemp(prefix="extract-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    film = os.path.join(workdir, f"{args.source}-{fw}x{fh}-{args.rate}-{args.seconds:g}s.mp4")
+    if not os.path.exists(film):
+        print(f"generating {film} ...", flush=True)
+        t = time.perf_counter()
+        make_film(film, args.source, seconds=args.seconds, size=(fw, fh), rate=args.rate, audio=True)
+        print(f"  {time.perf_counter() - t:.1f} s", flush=True)
+    info = media.probe(film)
+    print(f"film: {info.num_frames} frames, {info.width}x{info.height}, {float(info.fps):g} fps, "
+          f"{info.duration:.1f} s, {os.path.getsize(film) / 2 ** 20:.1f} MiB; records {h}x{w}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    frames_dir, out = os.path.join(workdir, "frames"), os.path.join(workdir, "dataset")
+    baseline_cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", film, "-s", f"{w}x{h}", "-f", "image2",
+                    os.path.join(frames_dir, "%08d.jpg")]
+    entry = [sys.executable, "-m", "jobs.cli", "extract"] if args.entry == "cadl" else \
+        [sys.executable, "-m", "jobs.extract"]
+    ours_cmd = entry + ["--input", film, "--output", out, "--size", f"{h}x{w}"] + list(args.extra)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    best = {}
+    for attempt in range(args.repeat):
+        for name, cmd in (("baseline", baseline_cmd), ("cadl extract", ours_cmd)):
+            shutil.rmtree(frames_dir, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+            os.makedirs(frames_dir)
+            seconds, peak, rc, err = timed(cmd, env)
+            if rc != 0:
+                print(f"{name} failed ({rc}):\n{err}", file=sys.stderr)
+                return 1
+            if name == "baseline":
+                count = len(os.listdir(frames_dir))
+            else:
+                with open(os.path.join(out, "summary.json")) as f:
+                    count = json.load(f)["records_new"]
+            print(f"  {name:13s} run {attempt + 1}: {count} frames in {seconds:.2f} s = {count / seconds:.0f} fps, "
+                  f"peak memory {peak / 2 ** 20:.0f} MiB", flush=True)
+            if name not in best or seconds < best[name]["seconds"]:
+                best[name] = {"seconds": seconds, "count": count, "peak": peak}
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    base, ours = best["baseline"], best["cadl extract"]
+    if ours["count"] != info.num_frames:
+        print(f"warning: cadl extract wrote {ours['count']} records for {info.num_frames} frames", file=sys.stderr)
+    ratio = (ours["count"] / ours["seconds"]) / (base["count"] / base["seconds"])
+    print(f"\nbaseline  ffmpeg -i film -s {w}x{h} -f image2 frames/%08d.jpg : "
+          f"{base['count'] / base['seconds']:.0f} fps ({base['seconds']:.2f} s), peak {base['peak'] / 2 ** 20:.0f} MiB")
+    print(f"ours      {' '.join(['cadl extract'] + ours_cmd[len(entry):]).replace(workdir, '$W')} : "
+          f"{ours['count'] / ours['seconds']:.0f} fps ({ours['seconds']:.2f} s), peak {ours['peak'] / 2 ** 20:.0f} MiB "
+          f"(largest single process {largest:.0f} MiB)")
+    print(f"ratio     {ratio:.2f}x the baseline's frame rate (goal >= 0.5x)")
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
