@@ -272,7 +272,7 @@ def _run_pipeline(settings, new, beam_args):
             if attribute_names and attribute_names != dataset.attribute_names:
                 raise CadlError(f"{item.path}: its attribute names differ from another CelebA root's")
             attribute_names = dataset.attribute_names
-        batches += extract.celeba_batches(dataset, settings.validation_fraction)
+        batches += extract.celeba_batches(dataset)
     log.info("extracting %d films, %d images, %d CelebA roots at %s (%s)", len(films), len(images),
              len(new) - len(films) - len(images), geometry.format_size(settings.size), settings.fit)
     options, runner = pipeline_options(beam_args)

@@ -416,7 +416,7 @@ class DecodeFilmSegment(beam.DoFn):
 
 class DecodeStills(beam.DoFn):
     """A batch of stills -> records. Element: {"kind": "image", "items": [Input, ...]} or
-    {"kind": "celeba", "root": path, "items": [(name, split, attributes), ...]}."""
+    {"kind": "celeba", "root": path, "start": i, "stop": j, "total": n} (images i..j-1 of n, by name)."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -440,9 +440,12 @@ class DecodeStills(beam.DoFn):
         if batch["kind"] == "celeba":
             root = batch["root"]
             store = self.stores.get(root) or self.stores.setdefault(root, CelebA(root))
+            if len(store.names) != batch["total"]:
+                raise RuntimeError(f"{root}: CelebA changed while it was being extracted")
             factor = 0.8 if s.crop_factor is None else s.crop_factor
             work = [(f"{root}/{name}", name, root, split, attrs, lambda n=name: store.read(n))
-                    for name, split, attrs in batch["items"]]
+                    for name, split, attrs in celeba_items(store, batch["start"], batch["stop"],
+                                                           s.validation_fraction)]
         else:
             factor = 1.0 if s.crop_factor is None else s.crop_factor
             work = [(item.path, item.path, item.path, still_split(item.rel, s.validation_fraction), (),
@@ -620,16 +623,24 @@ class WriteDataset(beam.PTransform):
         return parts
 
 
-def celeba_batches(dataset, fraction, per_item=256):
-    """CelebA(root) -> work items of ``per_item`` (name, split, attributes); the official partition when
-    present, else a hash of the name like image folders."""
+def celeba_batches(dataset, per_item=256):
+    """CelebA(root) -> work items of ``per_item`` images, as index ranges into ``dataset.names``: workers read
+    the names, partition and attributes themselves, so the pipeline's graph stays small (no 200,000-row
+    Create, which remote runners limit)."""
+    n = len(dataset.names)
+    return [{"kind": "celeba", "root": dataset.root, "start": i, "stop": min(n, i + per_item), "total": n}
+            for i in range(0, n, per_item)]
+
+
+def celeba_items(dataset, start, stop, fraction):
+    """(name, split, attributes) for images start..stop-1: the official partition when present, else a hash of
+    the name like image folders."""
     partition, attributes = dataset.partition, dataset.attributes
-    items = []
-    for name in dataset.names:
+    out = []
+    for name in dataset.names[start:stop]:
         split = partition.get(name) if partition else None
-        items.append((name, split or still_split(name, fraction), tuple(attributes.get(name, ()))))
-    return [{"kind": "celeba", "root": dataset.root, "items": items[i:i + per_item]}
-            for i in range(0, len(items), per_item)]
+        out.append((name, split or still_split(name, fraction), tuple(attributes.get(name, ()))))
+    return out
 
 
 def read_results(tmp_dir, size):
