@@ -320,7 +320,7 @@ def test_kill_minus_9_then_rerun_resumes_with_every_frame_once(tiny_run, tmp_pat
     resumed_at = int(rerun.stdout.split("resuming at frame ")[1].split()[0])
     assert resumed_at >= 75 and resumed_at % 25 == 0
     clean = tmp_path / "clean.mp4"
-    subprocess.run(cmd[:7] + [str(clean)] + cmd[8:], check=True, stdout=subprocess.DEVNULL,
+    subprocess.run(cmd[:8] + [str(clean)] + cmd[9:], check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=400)
     a, b = _frames(clean), _frames(out)
     assert len(a) == len(b) == 200 and all(np.array_equal(x, y) for x, y in zip(a, b))
