@@ -55,13 +55,18 @@ LATEST = "LATEST"
 PARTIAL = ".partial-"
 DECISION = "retrain.json"      # written into every candidate: its plan, metrics and the decision
 
+# Train options that do not change what a candidate learns: a partial candidate started with other values
+# of these may still be resumed (train's --max-steps is a global target).
+_NOT_IN_PLAN = ("data", "out", "max_steps", "max_seconds", "epochs", "checkpoint_every", "checkpoint_seconds",
+                "keep", "montage_every", "log_every", "no_progress", "validation_batches", "skip_corrupt")
+
 # Options retrain owns; they may not be passed through to train.
 _OWN_TRAIN_OPTIONS = ("--data", "--out", "--init-from")
 
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="cadl retrain",
+        prog="cadl retrain", allow_abbrev=False,  # never let "--keep" (a train option) become --keep-rejected
         description="One scheduled retraining step, safe to run from cron, a systemd timer or Airflow: extract "
                     "only new inputs into WORKDIR/data, warm-start the VAE from the promoted model, evaluate "
                     "candidate and promoted model on the same validation set, and promote the candidate to "
@@ -80,18 +85,22 @@ def build_parser():
     p.add_argument("--force", action="store_true",
                    help="train and evaluate a candidate even when nothing is new")
 
-    g = p.add_argument_group("extraction (passed to cadl extract; fixed by the first run)")
+    g = p.add_argument_group("extraction (passed to cadl extract; a later run keeps the dataset's own unless given)")
     g.add_argument("--size", metavar="HxW",
-                   help="image size of the dataset, e.g. 64x64 or 72x128 (default: cadl extract's). The "
-                        "dataset keeps the size of its first run")
+                   help="image size of the dataset, e.g. 64x64 or 72x128 (default: the dataset's own once it "
+                        "exists, else cadl extract's 64x64). Fixed by the first run")
     g.add_argument("--fit", choices=("crop", "pad", "stretch"),
-                   help="how frames are fitted to --size (default: cadl extract's, crop)")
+                   help="how frames are fitted to --size (default: the dataset's own once it exists, else crop)")
     g.add_argument("--every", type=int, metavar="N", help="keep every Nth frame of a film (default: all)")
+    g.add_argument("--fps", type=float, metavar="F", help="keep about F frames per second of film (default: all)")
     g.add_argument("--validation-fraction", type=float, metavar="F",
-                   help="fraction of each film held out for validation, in blocks of a few seconds "
-                        "(default: cadl extract's, 0.05)")
+                   help="share of each film held out for validation, in whole blocks (default: cadl extract's, "
+                        "0.05)")
+    g.add_argument("--validation-block", type=float, metavar="SECONDS",
+                   help="length of those validation blocks (default: cadl extract's, 4)")
 
-    g = p.add_argument_group("training budget (passed to cadl train; any other train option may follow)")
+    g = p.add_argument_group("training budget (passed to cadl train; the first reached stops it; none given: "
+                             "train's default, 10 epochs; any other train option may follow)")
     g.add_argument("--max-steps", type=int, metavar="N",
                    help="train until global step N (a resumed candidate stops at the same step)")
     g.add_argument("--max-seconds", type=float, metavar="S", help="train for at most S seconds of wall time")
@@ -314,6 +323,7 @@ class Retrain:
     # ----------------------------------------------------------------------------------------------
     def run(self):
         try:
+            self._check_train_options()
             self._finish_cut_off_promotion()
             current = self.wd.current()
             self.summary["current"] = {"version": current} if current else None
@@ -336,6 +346,21 @@ class Retrain:
                             f"LATEST is unchanged") from e
 
     # ----------------------------------------------------------------------------------------------
+    def _check_train_options(self):
+        """Refuse unknown or malformed training options now, not after minutes of extraction."""
+        from jobs import train
+
+        argv = ["--data", self.wd.data, "--out", self.wd.candidates] + self._budget() + self.train_extra
+        try:
+            _, unknown = train.build_parser().parse_known_args(argv + _options(self.args, ("batch_size",)))
+        except SystemExit:
+            raise CadlError("invalid training options (see cadl train's message above)") from None
+        if unknown:
+            raise CadlError(f"unknown option(s) for cadl retrain / cadl train: {' '.join(unknown)}")
+
+    def _budget(self):
+        return _options(self.args, ("max_steps", "max_seconds", "epochs"))
+
     def _finish_cut_off_promotion(self):
         """A run killed between renaming its candidate to vNNNN and switching LATEST left a complete,
         accepted version that LATEST does not point to: finish that promotion now."""
@@ -364,8 +389,17 @@ class Retrain:
         for path in self.args.inputs:
             argv += ["--input", path]
         argv += ["--output", self.wd.data, "--incremental"]
-        for option in ("size", "fit", "every", "validation_fraction"):
+        # A later run keeps the dataset's own extraction options unless told otherwise, so the same short
+        # command works every time (cadl extract would otherwise apply its defaults and refuse the size).
+        image = (before or {}).get("image") or {}
+        stored = dict((before or {}).get("options") or {})
+        if "height" in image:
+            stored.update(size=f"{image['height']}x{image['width']}", fit=image.get("fit"))
+        if self.args.every is not None or self.args.fps is not None:
+            stored.pop("every", None), stored.pop("fps", None)  # one sampling rule, the one given
+        for option in ("size", "fit", "every", "fps", "validation_fraction", "validation_block"):
             value = getattr(self.args, option)
+            value = stored.get(option) if value is None else value
             if value is not None:
                 argv += ["--" + option.replace("_", "-"), str(value)]
         _say(f"[1/4] extract (incremental) into {self.wd.data}")
@@ -379,17 +413,14 @@ class Retrain:
         old = (before or {}).get("sources") or {}
         new_sources = sorted(path for path, info in (after.get("sources") or {}).items()
                              if old.get(path) != info)
-        already = _first_int(extracted, ("already_extracted", "skipped_existing", "inputs_already_extracted"))
-        if already is None:
-            already = len([p for p in (after.get("sources") or {}) if p in old and p not in new_sources])
-        seen = _first_int(extracted, ("inputs_seen", "inputs", "seen"))
-        if seen is None:
-            seen = already + len(new_sources)
-        _say(f"skipping {already} already extracted; {len(new_sources)} new input(s)")
+        # "new" is what the dataset gained (an unreadable input is tried again each run but adds nothing).
+        already = int(extracted.get("inputs_already_extracted", 0))
+        seen = int(extracted.get("inputs_found", already + len(new_sources)))
+        _say(f"inputs: {seen} seen, {len(new_sources)} new; skipping {already} already extracted")
         counts_before, counts_after = record_counts(before), record_counts(after)
         self.summary["inputs"] = {
             "given": list(self.args.inputs), "seen": seen, "new": len(new_sources),
-            "already_extracted": already, "new_paths": new_sources,
+            "already_extracted": already, "bad": int(extracted.get("inputs_bad", 0)), "new_paths": new_sources,
             "skipped": [s for s in (after.get("skipped") or []) if isinstance(s, dict)],
         }
         self.summary["records"] = dict(counts_after, new=counts_after["total"] - counts_before["total"])
@@ -400,10 +431,16 @@ class Retrain:
     def _plan(self, manifest, current):
         """What a candidate is trained from: the data, the warm start and the options. A partial candidate
         with the same plan can resume; one with another plan is stale."""
+        from jobs import train
+
+        argv = self.train_extra + _options(self.args, ("batch_size",))
+        parsed = vars(train.build_parser().parse_args(["--data", "-", "--out", "-"] + argv))
         return {
             "data_fingerprint": data_fingerprint(manifest),
             "init_from": current,
-            "train_argv": self._train_options(),
+            "train_argv": argv,
+            # what shapes the model; the budget and the checkpoint/log cadence may change on resume
+            "train_options": {k: v for k, v in sorted(parsed.items()) if k not in _NOT_IN_PLAN},
         }
 
     def _needs_training(self, manifest, current):
@@ -426,14 +463,6 @@ class Retrain:
              "(--force trains anyway)")
         return False
 
-    def _train_options(self):
-        argv = []
-        for option in ("max_steps", "max_seconds", "epochs", "batch_size"):
-            value = getattr(self.args, option)
-            if value is not None:
-                argv += ["--" + option.replace("_", "-"), str(value)]
-        return argv + self.train_extra
-
     def _train(self, plan):
         self.stage = "train"
         from jobs import train
@@ -447,7 +476,7 @@ class Retrain:
         argv = ["--data", self.wd.data, "--out", candidate]
         if plan["init_from"]:
             argv += ["--init-from", os.path.join(self.wd.models, plan["init_from"])]
-        argv += plan["train_argv"]
+        argv += self._budget() + plan["train_argv"]
         start = f"warm start from {plan['init_from']}" if plan["init_from"] else "from scratch"
         _say(f"[2/4] train the candidate ({start}{', resuming its interrupted run' if resumed else ''}) "
              f"into {candidate}")
@@ -458,8 +487,8 @@ class Retrain:
         self.summary["seconds"]["train"] = time.time() - t
         self.summary["trained"] = True
         self.summary["candidate"]["train"] = trained
-        if isinstance(trained, dict) and trained.get("interrupted"):
-            raise KeyboardInterrupt  # train stopped early on a signal: not a finished candidate
+        if isinstance(trained, dict) and trained.get("stopped") == "interrupted":
+            raise KeyboardInterrupt  # stopped early on a signal: not a finished candidate
         return candidate
 
     def _resumable_partial(self, plan):
@@ -468,7 +497,7 @@ class Retrain:
         keep = None
         for partial in self.wd.partials():
             decision = _read_decision(partial) or {}
-            if keep is None and decision.get("plan") == plan:
+            if keep is None and _same_plan(decision.get("plan"), plan):
                 keep = partial
                 self.summary["recovered"]["resumed_candidate"] = partial
                 _say(f"recovery: resuming the candidate an interrupted run left in {partial}")
@@ -482,12 +511,18 @@ class Retrain:
         self.stage = "evaluate"
         from jobs import train
 
-        _say("[3/4] evaluate the candidate and the promoted model on the same validation set")
+        # One fixed set for both models: the dataset's validation split (test, then train, when a tiny
+        # dataset has none: the same fallback cadl train uses for its own validation).
+        counts = self.summary["records"]
+        split = next((s for s in ("validation", "test") if counts.get(s)), "train")
+        self.summary["gate_split"] = split
+        _say(f"[3/4] evaluate the candidate and the promoted model on the same {split} set "
+             f"({counts.get(split, 0)} images)")
         t = time.time()
-        metrics = {"candidate": _metrics(train.evaluate(candidate, self.wd.data, split="validation"))}
+        metrics = {"candidate": _metrics(train.evaluate(candidate, self.wd.data, split=split))}
         if current:
             metrics["current"] = _metrics(train.evaluate(os.path.join(self.wd.models, current),
-                                                         self.wd.data, split="validation"))
+                                                         self.wd.data, split=split))
         self.summary["seconds"]["evaluate"] = time.time() - t
         for who, m in metrics.items():
             _say(f"  {who:<9} validation loss {m['loss']:.6g}  PSNR {m['psnr']:.3f} dB  ({m.get('count')} images)")
@@ -577,6 +612,20 @@ def _append_history(path, summary):
         os.close(fd)
 
 
+def _same_plan(old, new):
+    keys = ("data_fingerprint", "init_from", "train_options")
+    return isinstance(old, dict) and all(old.get(k) == new[k] for k in keys)
+
+
+def _options(args, names):
+    argv = []
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    return argv
+
+
 def _metrics(result):
     return {k: (float(v) if isinstance(v, (int, float)) and k != "count" else v) for k, v in dict(result).items()}
 
@@ -590,20 +639,6 @@ def _read_json_or_none(path):
         return atomic.read_json(path)
     except (OSError, ValueError):
         return None
-
-
-def _first_int(summary, keys):
-    if not isinstance(summary, dict):
-        return None
-    for key in keys:
-        value = summary.get(key)
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int):
-            return value
-        if isinstance(value, (list, tuple)):
-            return len(value)
-    return None
 
 
 if __name__ == "__main__":

@@ -207,3 +207,194 @@ def test_second_retrain_process_while_one_holds_the_lock_exits_75_touching_nothi
         assert _snapshot(work) == before
     finally:
         _kill(holder)
+
+
+# ------------------------------------------------------------------ end to end (slow): real jobs
+# Tiny everything: 8 s films (two 4 s validation blocks, so one is held out) at 32x32, every 2nd frame,
+# train's "tiny" preset, a few steps. What is tested is the orchestration, not the model's quality.
+DATA = ["--size", "32x32", "--every", "2"]
+TRAIN = ["--preset", "tiny", "--batch-size", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory):
+    from pipelines.synthetic import make_film
+
+    root = tmp_path_factory.mktemp("retrain-films")
+    (root / "old").mkdir()
+    (root / "new").mkdir()
+    return {"a": make_film(root / "old" / "a.mp4", "testsrc2", seconds=8, size=(64, 48), rate="25"),
+            "b": make_film(root / "new" / "b.mkv", "mandelbrot", seconds=8, size=(64, 48), rate="25"),
+            "old": str(root / "old"), "new": str(root / "new")}
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, films):
+    """A WORKDIR after one real retrain on film a: v0001 promoted. Tests copy it before changing it."""
+    work = tmp_path_factory.mktemp("retrain-first") / "work"
+    summary = retrain.run(["--inputs", films["old"], "--work", str(work), "--max-steps", "5"] + DATA + TRAIN)
+    return {"work": str(work), "summary": summary}
+
+
+def _copy(first, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(first["work"], work, symlinks=True)
+    return work
+
+
+def _models(work):
+    return _snapshot(os.path.join(work, "models"))
+
+
+@pytest.mark.slow
+def test_first_run_extracts_trains_and_promotes_v0001(first, films):
+    s, work = first["summary"], first["work"]
+    assert s["status"] == "promoted" and s["promoted"] is True and s["version"] == "v0001"
+    assert s["latest"] == "v0001" and s["current"] is None
+    assert "no promoted model" in s["reason"]
+    assert s["inputs"]["seen"] == 1 and s["inputs"]["new"] == 1 and s["inputs"]["already_extracted"] == 0
+    assert s["inputs"]["new_paths"] == [os.path.abspath(films["a"])]
+    assert s["records"]["train"] > 0 and s["records"]["validation"] > 0
+    assert s["records"]["total"] == s["records"]["new"] == 100  # 8 s at 25 fps, every 2nd frame
+    assert s["candidate"]["init_from"] is None and s["candidate"]["train"]["step"] == 5
+    assert set(s["candidate"]["metrics"]) >= {"loss", "psnr", "count"}
+    assert s["candidate"]["metrics"]["count"] == s["records"]["validation"]
+    assert os.readlink(os.path.join(work, "models", "LATEST")) == "v0001"
+    v1 = os.path.join(work, "models", "v0001")
+    assert os.path.isfile(os.path.join(v1, "export", "model.keras"))
+    assert atomic_read(os.path.join(v1, "retrain.json"))["promoted"] is True
+    assert os.listdir(os.path.join(work, "candidates")) == []      # no partial left behind
+    assert not os.path.exists(os.path.join(work, "retrain.lock"))  # released
+    assert atomic_read(os.path.join(work, "summary.json"))["run_id"] == s["run_id"]
+    assert [json.loads(line)["status"] for line in open(os.path.join(work, "history.jsonl"))] == ["promoted"]
+
+
+def atomic_read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_render_with_the_promoted_model_through_latest(first, films, tmp_path):
+    from jobs import render
+    from pipelines import media
+
+    out = tmp_path / "b-through-latest.mp4"
+    summary = render.run(["--model", os.path.join(first["work"], "models", "LATEST"), "--input", films["b"],
+                          "--output", str(out)])
+    assert media.probe(str(out)).num_frames == media.probe(films["b"]).num_frames == 200
+    assert summary is not None
+
+
+@pytest.mark.slow
+def test_nothing_new_exits_0_without_training_and_force_trains(first, films, tmp_path, capsys):
+    work = _copy(first, tmp_path)
+    before = _models(work)
+    s = retrain.run(["--inputs", films["old"], "--work", str(work), "--max-steps", "5"] + TRAIN)
+    out = capsys.readouterr().out
+    assert "nothing new" in out and "skipping 1 already extracted" in out
+    assert s["status"] == "nothing new" and s["trained"] is False and s["promoted"] is False
+    assert s["inputs"]["new"] == 0 and s["inputs"]["already_extracted"] == 1 and s["records"]["new"] == 0
+    assert _models(work) == before and os.listdir(work / "candidates") == []
+    # through the command line too: exit code 0
+    assert subprocess.run([sys.executable, "-m", "jobs.retrain", "--inputs", films["old"], "--work", str(work)],
+                          cwd=REPO, env=ENV, capture_output=True, timeout=300).returncode == 0
+
+    # --force trains anyway; a gate that demands 100 dB of improvement rejects the candidate, which is kept
+    s = retrain.run(["--inputs", films["old"], "--work", str(work), "--max-steps", "3", "--force",
+                     "--psnr-tolerance", "-100"] + TRAIN)
+    assert s["status"] == "rejected" and s["trained"] and s["promoted"] is False and "PSNR is worse" in s["reason"]
+    assert s["candidate"]["init_from"] == "v0001" and s["current"]["version"] == "v0001"
+    assert s["candidate"]["metrics"]["count"] == s["current"]["metrics"]["count"]  # the same validation set
+    assert _models(work) == before and os.readlink(work / "models" / "LATEST") == "v0001"
+    kept = work / "candidates" / s["run_id"]
+    assert (kept / "export" / "model.keras").is_file()
+    assert atomic_read(kept / "retrain.json")["promoted"] is False
+    statuses = [json.loads(line)["status"] for line in open(work / "history.jsonl")]
+    assert statuses == ["promoted", "nothing new", "nothing new", "rejected"]
+
+
+@pytest.mark.slow
+def test_a_new_film_is_extracted_alone_and_the_candidate_warm_starts(first, films, tmp_path):
+    work = _copy(first, tmp_path)
+    before = _snapshot(work / "models" / "v0001")
+    s = retrain.run(["--inputs", films["old"], "--inputs", films["new"], "--work", str(work), "--max-steps", "5",
+                     "--loss-tolerance", "1e6", "--psnr-tolerance", "1e6"] + TRAIN)
+    assert s["inputs"]["seen"] == 2 and s["inputs"]["already_extracted"] == 1 and s["inputs"]["new"] == 1
+    assert s["inputs"]["new_paths"] == [os.path.abspath(films["b"])]
+    assert s["extract"]["records_new"] == s["records"]["new"] == 100 and s["records"]["total"] == 200
+    assert s["candidate"]["init_from"] == "v0001"
+    config = atomic_read(work / "models" / "v0002" / "config.json")
+    assert os.path.realpath(config["training"]["init_from"]) == os.path.realpath(work / "models" / "v0001")
+    # both models measured on the one validation set, which now includes the new film's held-out block
+    assert s["candidate"]["metrics"]["count"] == s["current"]["metrics"]["count"] == s["records"]["validation"]
+    assert s["promoted"] and s["version"] == "v0002" and os.readlink(work / "models" / "LATEST") == "v0002"
+    assert _snapshot(work / "models" / "v0001") == before  # earlier versions untouched
+
+
+@pytest.mark.slow
+def test_concurrent_run_and_a_run_killed_mid_training(first, films, tmp_path):
+    work = _copy(first, tmp_path)
+    models_before = _models(work)
+    log = open(tmp_path / "first.log", "w")
+    argv = ["--inputs", films["old"], "--inputs", films["new"], "--work", str(work)] + TRAIN
+    # A long budget with frequent checkpoints: we kill it once it has checkpointed.
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.retrain"] + argv +
+                            ["--max-steps", "100000", "--checkpoint-every", "5"],
+                            cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while not list((work / "candidates").glob(".partial-*/checkpoints/*.index")):
+            assert proc.poll() is None, open(tmp_path / "first.log").read()[-3000:]
+            assert time.time() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.5)
+        partial = next((work / "candidates").glob(".partial-*"))
+
+        # A second, real process while the first trains: documented exit code, nothing touched.
+        outside = {k: v for k, v in _snapshot(work).items() if not k.startswith("candidates")}
+        second = subprocess.run([sys.executable, "-m", "jobs.retrain"] + argv + ["--max-steps", "5"],
+                                cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+        assert second.returncode == EXIT_BUSY == 75, second.stderr
+        assert f"another retrain is in progress (pid {proc.pid})" in second.stderr
+        assert {k: v for k, v in _snapshot(work).items() if not k.startswith("candidates")} == outside
+        assert proc.poll() is None  # the first is still training
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    # Killed mid-training: LATEST and every version untouched; a stale lock and a partial candidate remain.
+    assert _models(work) == models_before and os.readlink(work / "models" / "LATEST") == "v0001"
+    assert read_holder(work / "retrain.lock")["pid"] == proc.pid
+    assert partial.is_dir()
+
+    # The next run takes the stale lock over, resumes the candidate from its checkpoint, and decides.
+    s = retrain.run(argv + ["--max-steps", "100000", "--max-seconds", "2"])
+    assert s["recovered"]["stale_lock"]["pid"] == proc.pid
+    assert s["recovered"]["resumed_candidate"] == str(partial)
+    assert s["candidate"]["resumed"] is True and s["candidate"]["train"]["resumed_from"] >= 5
+    assert s["inputs"]["new"] == 0 and s["trained"]  # extracted by the killed run, trained on now
+    assert s["status"] in ("promoted", "rejected") and s["current"]["version"] == "v0001"
+    expected = "v0002" if s["promoted"] else "v0001"
+    assert os.readlink(work / "models" / "LATEST") == expected
+    assert not list((work / "candidates").glob(".partial-*")) and not (work / "retrain.lock").exists()
+    # and now there is nothing new
+    assert retrain.run(argv + ["--max-steps", "5"])["status"] == "nothing new"
+
+
+@pytest.mark.slow
+def test_a_promotion_cut_off_between_its_two_renames_is_finished(first, films, tmp_path):
+    work = _copy(first, tmp_path)
+    state = atomic_read(work / "state.json")
+    # What a run killed right after renaming its candidate to v0002 (before switching LATEST) leaves:
+    shutil.copytree(work / "models" / "v0001", work / "models" / "v0002")
+    decision = dict(atomic_read(work / "models" / "v0001" / "retrain.json"), version="v0002", run_id="cut-off")
+    with open(work / "models" / "v0002" / "retrain.json", "w") as f:
+        json.dump(decision, f)
+    s = retrain.run(["--inputs", films["old"], "--work", str(work)] + TRAIN)
+    assert s["recovered"]["finished_promotion"] == "v0002"
+    assert os.readlink(work / "models" / "LATEST") == "v0002"
+    assert s["status"] == "nothing new" and decision["data_fingerprint"] == state["data_fingerprint"]
