@@ -164,8 +164,10 @@ def pipeline_options(beam_args):
     """Beam options from the pass-through flags, and the runner to use (None: the one the options name).
 
     Without --runner: the FnApiRunner (what DirectRunner uses for batch, minus the Prism attempt) with one
-    worker thread per core. Threads, not processes: decoding runs in ffmpeg processes and OpenCV's encoders
-    release the GIL, and worker processes would each pay Beam's start-up (measured: threads were faster).
+    worker per core. On up to 4 cores the workers are threads: decoding runs in ffmpeg processes and OpenCV's
+    encoders release the GIL, and worker processes would each pay Beam's start-up (measured on 2 cores:
+    threads were faster, start-up included). On more cores, the ~0.1 ms of Python per frame that holds the
+    GIL would cap threads near what ~4 ffmpeg decoders deliver, so the workers are processes.
     """
     from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
                                                       WorkerOptions)
@@ -177,10 +179,12 @@ def pipeline_options(beam_args):
 
     direct = options.view_as(DirectOptions)
     given = " ".join(beam_args)
+    cores = os.cpu_count() or 1
     if "--direct_num_workers" not in given:
-        direct.direct_num_workers = os.cpu_count() or 1
+        direct.direct_num_workers = cores
     if "--direct_running_mode" not in given:
-        direct.direct_running_mode = "multi_threading" if direct.direct_num_workers > 1 else "in_memory"
+        direct.direct_running_mode = ("in_memory" if direct.direct_num_workers == 1 else
+                                      "multi_threading" if cores <= 4 else "multi_processing")
     if "--default_sdk_harness_log_level" not in given:
         # Worker processes log every channel they open at INFO; problems still show.
         options.view_as(WorkerOptions).default_sdk_harness_log_level = "WARNING"

@@ -279,3 +279,13 @@ def test_extraction_never_imports_tensorflow(short_film, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_worker_processes_give_the_same_records(short_film, tmp_path):
+    # Machines with more than 4 cores run the workers as processes: the code must ship and behave the same.
+    args = ["--input", short_film, "--size", "18x32", "--segment-seconds", "1", "--validation-block", "0.5",
+            "--validation-fraction", "0.3"]
+    run(*args, "--output", tmp_path / "threads", "--direct_num_workers=2", "--direct_running_mode=multi_threading")
+    run(*args, "--output", tmp_path / "processes", "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing")
+    assert _record_set(tmp_path / "threads") == _record_set(tmp_path / "processes")
