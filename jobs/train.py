@@ -452,6 +452,15 @@ class Trainer:
         export_saved_model(self.model, os.path.join(folder, "saved_model"))
         return folder
 
+    def _export_is_current(self):
+        try:
+            previous = atomic.read_json(os.path.join(self.out, "summary.json"))
+        except (OSError, ValueError):
+            return False
+        return (previous.get("step") == self.step and bool(previous.get("export"))
+                and os.path.exists(os.path.join(self.out, "export", "model.keras"))
+                and os.path.exists(os.path.join(self.out, "export", "saved_model", "saved_model.pb")))
+
     def save_checkpoint(self):
         """Save unless the weights went non-finite (then stop: the previous checkpoint stays the last good one)."""
         tf = self.tf
@@ -551,8 +560,11 @@ class Trainer:
             self._write_summary(stop_reason, train_logs, {}, history, start_step, train_steps, train_seconds)
             raise KeyboardInterrupt
         val = self._validate_and_log(writers)
-        self.montages(images, z, writers)
-        export = self.export()
+        if train_steps == 0 and self._export_is_current():
+            export = os.path.join(self.out, "export")  # a rerun after the target: nothing new to write
+        else:
+            self.montages(images, z, writers)
+            export = self.export()
         for w in writers.values():
             w.flush()
         return self._write_summary(stop_reason, train_logs, val, history, start_step, train_steps,
