@@ -1,8 +1,9 @@
 """The extraction pipeline (Apache Beam): inputs -> decoded, fitted, encoded pictures -> TFRecord shards.
 
-    films   Create -> Reshuffle -> PlanFilm (probe, sampling, validation blocks, time segments)
+    films   Create -> PlanFilm (probe, sampling, validation blocks, time segments)
                    -> Reshuffle -> DecodeFilmSegment (ffmpeg decodes and scales one segment)
-    stills  Create(batches of images / CelebA names) -> Reshuffle -> DecodeStills
+    stills  Create(batches of images / CelebA index ranges) -> DecodeStills
+    (Create itself reshuffles several elements, so films and batches spread over the workers.)
     both    -> WriteShards (rolling ~100 MB temp files per bundle, or exactly --num-shards via a shuffle)
             + "report" (per-input facts, skipped inputs, written parts) and "moments" (per-pixel sums)
               combined globally and written into the run's temp folder for the driver to finalize.
@@ -572,8 +573,8 @@ class ExtractRecords(beam.PTransform):
     def expand(self, pbegin):
         s, records, reports, moments = self.settings, [], [], []
         if self.films:
+            # Create already reshuffles its elements (when there are several), spreading films over workers.
             planned = (pbegin | "Films" >> beam.Create(self.films)
-                       | "Spread films" >> beam.Reshuffle()
                        | "Plan segments" >> beam.ParDo(PlanFilm(s)).with_outputs("report", main="segments"))
             decoded = (planned.segments
                        | "Spread segments" >> beam.Reshuffle()
@@ -586,7 +587,6 @@ class ExtractRecords(beam.PTransform):
                    for i in range(0, len(self.images), STILLS_PER_ITEM)] + list(self.celeba_batches)
         if batches:
             stills = (pbegin | "Still batches" >> beam.Create(batches)
-                      | "Spread stills" >> beam.Reshuffle()
                       | "Decode stills" >> beam.ParDo(DecodeStills(s)).with_outputs("report", "moments",
                                                                                    main="records"))
             records.append(stills.records)
