@@ -18,7 +18,8 @@ WORKDIR layout:
     data/                      the dataset (manifest.json + shards), grown by each run
     models/v0001/, v0002/ ...  promoted run folders (cadl train's layout + retrain.json: the decision)
     models/LATEST -> v0002     relative symlink to the promoted version; `cadl render --model` takes it
-    candidates/RUN_ID/         rejected candidates (+ retrain.json saying why); the newest --keep-rejected
+    candidates/RUN_ID/         rejected candidates (+ retrain.json saying why), RUN_ID-failed/ for a run that
+                               failed while training or evaluating; the newest --keep-rejected are kept
     candidates/.partial-RUN_ID a candidate being trained; never promoted until complete
     summary.json               the last run's summary;  history.jsonl: one line per run, newest last
     state.json                 what the last completed run trained on (decides "nothing new")
@@ -34,6 +35,7 @@ Exit codes: 0 done (promoted, rejected or nothing new), 75 (EX_TEMPFAIL) another
 (nothing was touched; try later), 2 a user error (one line naming the file), 130 interrupted.
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -115,8 +117,8 @@ def build_parser():
                    help="the candidate's validation PSNR may be this many dB below the promoted model's "
                         "(default: 0.1; negative demands an improvement)")
     g.add_argument("--keep-rejected", type=int, default=10, metavar="N",
-                   help="keep the newest N rejected candidates in WORKDIR/candidates, delete older ones "
-                        "(default: 10)")
+                   help="keep the newest N rejected (or failed) candidates in WORKDIR/candidates, delete older "
+                        "ones (default: 10)")
     return p
 
 
@@ -215,11 +217,26 @@ class Workdir:
                       if n.startswith(PARTIAL))
 
     def rejected(self):
-        """Kept (complete) rejected candidates, oldest first (names start with the sortable run id)."""
+        """Kept rejected and failed candidates, oldest first (names start with the sortable run id)."""
         if not os.path.isdir(self.candidates):
             return []
         return sorted(n for n in os.listdir(self.candidates)
                       if not n.startswith(".") and os.path.isdir(os.path.join(self.candidates, n)))
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM back for a few system calls (a kill -9 is covered by recovery instead)."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    except (AttributeError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _fsync_dir(path):
@@ -338,12 +355,26 @@ class Retrain:
             self._done("interrupted", error=f"interrupted during {self.stage}", quiet=True)
             raise
         except CadlError as e:
-            self._done("failed", error=str(e), quiet=True)
+            self._failed(str(e))
             raise
         except Exception as e:
-            self._done("failed", error=f"{type(e).__name__}: {e}", quiet=True)
+            self._failed(f"{type(e).__name__}: {e}")
             raise CadlError(f"{self.wd.root}: retrain failed during {self.stage}: {type(e).__name__}: {e}; "
-                            f"LATEST is unchanged") from e
+                            f"models/LATEST -> {self.summary.get('latest')}") from e
+
+    def _failed(self, error):
+        """A failed candidate is moved aside for inspection (a Ctrl-C'd or killed one stays to be resumed:
+        a failure may well repeat, e.g. a diverging loss, so it is not resumed)."""
+        path = (self.summary.get("candidate") or {}).get("path")
+        if path and os.path.basename(path).startswith(PARTIAL) and os.path.isdir(path):
+            kept = os.path.join(self.wd.candidates, f"{self.run_id}-failed")
+            try:
+                os.rename(path, kept)
+                self.summary["candidate"]["path"] = kept
+                self._prune_rejected()
+            except OSError:
+                pass
+        self._done("failed", error=error, quiet=True)
 
     # ----------------------------------------------------------------------------------------------
     def _check_train_options(self):
@@ -545,9 +576,10 @@ class Retrain:
             atomic.write_json(os.path.join(candidate, DECISION), decision)
             os.makedirs(self.wd.models, exist_ok=True)
             final = os.path.join(self.wd.models, version)
-            os.rename(candidate, final)          # complete and decided: now a version
-            _fsync_dir(self.wd.models)
-            self.wd.point_latest(version)        # the only moment LATEST moves
+            with _signals_deferred():  # a SIGTERM between the two renames waits for both to be done
+                os.rename(candidate, final)      # complete and decided: now a version
+                _fsync_dir(self.wd.models)
+                self.wd.point_latest(version)    # the only moment LATEST moves
             self.summary["version"] = version
             self.summary["candidate"]["path"] = final
             _say(f"[4/4] promoted {version}: {reason}")

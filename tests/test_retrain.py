@@ -398,3 +398,51 @@ def test_a_promotion_cut_off_between_its_two_renames_is_finished(first, films, t
     assert s["recovered"]["finished_promotion"] == "v0002"
     assert os.readlink(work / "models" / "LATEST") == "v0002"
     assert s["status"] == "nothing new" and decision["data_fingerprint"] == state["data_fingerprint"]
+
+
+@pytest.mark.slow
+def test_a_failure_or_sigterm_leaves_latest_and_every_version_untouched(first, films, tmp_path):
+    work = _copy(first, tmp_path)
+    models_before = _models(work)
+    # Training fails (a warm start cannot load into another architecture): one-line error, candidate kept.
+    with pytest.raises(CadlError, match="architecture"):
+        retrain.run(["--inputs", films["old"], "--work", str(work), "--force", "--max-steps", "2", "--widths",
+                     "8,8"] + TRAIN)
+    s = atomic_read(work / "summary.json")
+    assert s["status"] == "failed" and s["stage"] == "train" and "architecture" in s["error"]
+    assert (work / "candidates" / f"{s['run_id']}-failed").is_dir()
+    assert not list((work / "candidates").glob(".partial-*")) and not (work / "retrain.lock").exists()
+    # Extraction fails (nothing readable in the inputs): exit 2 from the command line.
+    (tmp_path / "empty").mkdir()
+    failed = subprocess.run([sys.executable, "-m", "jobs.retrain", "--inputs", str(tmp_path / "empty"),
+                             "--work", str(work)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and "cadl: error:" in failed.stderr
+    assert atomic_read(work / "summary.json")["stage"] == "extract"
+
+    # SIGTERM (systemd stop, Airflow kill) mid-training: train checkpoints, retrain exits 130 and frees the
+    # lock; the partial candidate stays for the next run to resume.
+    log = open(tmp_path / "term.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.retrain", "--inputs", films["old"], "--inputs",
+                             films["new"], "--work", str(work), "--max-steps", "100000"] + TRAIN,
+                            cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while not list((work / "candidates").glob(".partial-*/config.json")):
+            assert proc.poll() is None, open(tmp_path / "term.log").read()[-3000:]
+            assert time.time() < deadline, "training did not start within 240 s"
+            time.sleep(0.5)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130, open(tmp_path / "term.log").read()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert not (work / "retrain.lock").exists()
+    s = atomic_read(work / "summary.json")
+    assert s["status"] == "interrupted" and s["stage"] == "train"
+    assert [p.name for p in (work / "candidates").glob(".partial-*")]
+    assert _models(work) == models_before and os.readlink(work / "models" / "LATEST") == "v0001"
+    statuses = [json.loads(line)["status"] for line in open(work / "history.jsonl")]
+    assert statuses == ["promoted", "failed", "failed", "interrupted"]
