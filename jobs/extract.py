@@ -202,7 +202,7 @@ def run(argv=None):
     from pipelines import manifest as mf
 
     old = mf.read(output)
-    inputs, problems = sources.discover(args.input)
+    inputs, problems = sources.discover(args.input, exclude=[output])
     skipped = [{"input": spec, "reason": reason} for spec, reason in problems]
     for entry in skipped:
         log.warning("skipping %s: %s", entry["input"], entry["reason"])
@@ -213,8 +213,11 @@ def run(argv=None):
     header = {"schema_version": settings.schema_version, "image": image, "compression": settings.compression}
     if args.incremental and old:
         mf.check_compatible(old, header, output)
-        new, done = mf.already_extracted(old, inputs)
+        new, done, changed = mf.already_extracted(old, inputs)
         log.info("skipping %d already extracted", len(done))
+        for item in changed:
+            log.warning("%s changed since it was extracted: its records are added again and the old ones "
+                        "stay (extract without --incremental to rebuild the dataset)", item.path)
     else:
         new, done = inputs, []
     if old and not args.incremental:

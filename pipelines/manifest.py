@@ -53,17 +53,19 @@ def write(folder, manifest):
 
 
 def already_extracted(manifest, inputs):
-    """Split ``inputs`` (``sources.Input``) into (new, done): done ones are in the manifest with the same
-    size and modification time."""
+    """Split ``inputs`` (``sources.Input``) into (new, done, changed): done ones are in the manifest with the
+    same size and modification time; changed ones (also in ``new``) are in it with another size or time."""
     known = (manifest or {}).get("sources", {})
-    new, done = [], []
+    new, done, changed = [], [], []
     for item in inputs:
         entry = known.get(item.path)
         if entry and entry.get("size") == item.size and entry.get("mtime") == item.mtime:
             done.append(item)
         else:
             new.append(item)
-    return new, done
+            if entry:
+                changed.append(item)
+    return new, done, changed
 
 
 def run_tag(manifest):

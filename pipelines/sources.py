@@ -35,9 +35,13 @@ class Input:
         return {"size": self.size, "mtime": self.mtime}
 
 
-def discover(specs):
-    """``specs`` (paths, folders, globs) -> (sorted unique inputs, [(spec, reason)] for specs matching nothing)."""
+def discover(specs, exclude=()):
+    """``specs`` (paths, folders, globs) -> (sorted unique inputs, [(spec, reason)] for specs matching nothing).
+
+    Folders in ``exclude`` (the output folder: its mean.png and std.png are not inputs) are not searched.
+    """
     found, problems = {}, []
+    skip = {os.path.abspath(e) for e in exclude}
     for spec in specs:
         spec = os.path.expanduser(os.fspath(spec))
         if any(c in spec for c in "*?[") and not os.path.exists(spec):
@@ -45,21 +49,27 @@ def discover(specs):
             if not matches:
                 problems.append((spec, "no file matches this pattern"))
             for match in matches:
-                _add_path(match, os.path.dirname(os.path.abspath(match)), found, problems)
+                if not _inside(match, skip):
+                    _add_path(match, os.path.dirname(os.path.abspath(match)), found, problems, skip)
         elif os.path.exists(spec):
-            _add_path(spec, None, found, problems)
+            _add_path(spec, None, found, problems, skip)
         else:
             problems.append((os.path.abspath(spec), "no such file or folder"))
     return sorted(found.values()), problems
 
 
-def _add_path(path, base, found, problems):
+def _inside(path, folders):
+    path = os.path.abspath(path)
+    return any(path == f or path.startswith(f + os.sep) for f in folders)
+
+
+def _add_path(path, base, found, problems, skip=frozenset()):
     path = os.path.abspath(path)
     if celeba.is_celeba_root(path):
         _add(found, _celeba_input(path))
     elif os.path.isdir(path):
         before = len(found)
-        _walk(path, found)
+        _walk(path, found, skip)
         if len(found) == before:
             problems.append((path, "no films, images or CelebA found in this folder"))
     elif os.path.isfile(path):
@@ -69,9 +79,9 @@ def _add_path(path, base, found, problems):
         problems.append((path, "not a regular file or folder"))
 
 
-def _walk(top, found):
+def _walk(top, found, skip=frozenset()):
     for folder, dirs, files in os.walk(top, followlinks=True):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if os.path.join(folder, d) not in skip)
         celeba_dirs = [d for d in dirs if not d.startswith(".") and celeba.is_celeba_root(os.path.join(folder, d))]
         for d in celeba_dirs:
             _add(found, _celeba_input(os.path.join(folder, d)))

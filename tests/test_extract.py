@@ -289,3 +289,29 @@ def test_worker_processes_give_the_same_records(short_film, tmp_path):
     run(*args, "--output", tmp_path / "processes", "--direct_num_workers=2",
         "--direct_running_mode=multi_processing")
     assert _record_set(tmp_path / "threads") == _record_set(tmp_path / "processes")
+
+
+def test_output_inside_an_input_folder_is_not_searched(short_film, tmp_path):
+    import shutil
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    shutil.copy(short_film, folder / "a.mp4")
+    for _ in range(2):  # the second run must not take the first run's mean.png / std.png for stills
+        summary = run("--input", folder, "--output", folder / "data", "--size", "18x32")
+        assert summary["inputs_found"] == 1 and summary["records_total"] == 75
+
+
+def test_incremental_warns_about_a_changed_input(short_film, tmp_path, caplog):
+    import shutil
+
+    film = tmp_path / "a.mp4"
+    shutil.copy(short_film, film)
+    out = tmp_path / "data"
+    run("--input", film, "--output", out, "--size", "18x32")
+    os.utime(film, (1e9, 1e9))
+    with caplog.at_level("WARNING", logger="cadl.extract"):
+        summary = run("--input", film, "--output", out, "--size", "18x32", "--incremental")
+    assert summary["inputs_new"] == 1 and summary["inputs_already_extracted"] == 0
+    assert f"{film} changed since it was extracted" in caplog.text
+    assert mf.read(out)["sources"][str(film)]["mtime"] == 1e9
