@@ -195,6 +195,11 @@ def run(argv=None):
     started = time.time()
     args, beam_args = build_parser().parse_known_args(argv)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    for path in args.input + [args.output]:
+        if "://" in path:
+            # ffmpeg reads local files, and the manifest is written in place: a bucket must be mounted.
+            raise CadlError(f"{path}: inputs and output must be paths on a filesystem that this machine and the "
+                            "workers share (mount the bucket, e.g. with gcsfuse), not URLs")
     output = os.path.abspath(args.output)
     _check_output(output)
     settings = _settings(args, output)

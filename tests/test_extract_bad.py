@@ -120,3 +120,8 @@ def test_bad_option_values_are_one_line_errors(short_film, tmp_path):
                           (["--start", "2", "--end", "1"], "--end"), (["--crop-factor", "1.5"], "--crop-factor")]:
         with pytest.raises(CadlError, match=message):
             extract.run(["--input", str(short_film), "--output", str(tmp_path / "x")] + argv)
+
+
+def test_urls_are_refused_with_a_clear_message(tmp_path):
+    with pytest.raises(CadlError, match="gs://bucket/films: inputs and output must be paths"):
+        extract.run(["--input", "gs://bucket/films", "--output", str(tmp_path / "x")])
