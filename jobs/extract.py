@@ -3,8 +3,13 @@
     cadl extract --input films/ --input stills/ --output data/ --size 72x128
     cadl extract --input ~/celeba --output celeba64/ --size 64x64 --crop-factor 0.8
     cadl extract --input new.mp4 --output data/ --incremental          # add only what is new
-    cadl extract --input gs://b/films/a.mp4 --output gs://b/data --runner DataflowRunner \\
+    cadl extract --input /shared/films --output /shared/data --runner FlinkRunner \\
+        --flink_master host:8081 --environment_type PROCESS --setup_file ./setup.py
+    cadl extract --input /mnt/bucket/films --output /mnt/bucket/data --runner DataflowRunner \\
         --project P --region R --temp_location gs://b/tmp --setup_file ./setup.py
+
+Inputs and output are paths on a filesystem that the driver and every worker can read (ffmpeg reads local
+files; a bucket must be mounted); URLs are refused.
 
 Options this job does not know are Beam pipeline options and pass straight through (``--runner``,
 ``--temp_location``, ``--setup_file``, ``--flink_master``, ...). Without ``--runner`` the pipeline runs on

@@ -309,16 +309,17 @@ class PlanFilm(beam.DoFn):
             return
         blocks = validation_blocks(os.path.basename(item.path), info.duration, s.validation_block,
                                    s.validation_fraction)
-        for a, b in info.segments(s.segment_seconds):
-            a, b = max(a, lo), min(b, hi)
-            if a >= b:
-                continue
+        ranges = [(max(a, lo), min(b, hi)) for a, b in info.segments(s.segment_seconds)]
+        ranges = [(a, b) for a, b in ranges if a < b]
+        log.info("%s: %d frames, %s fps, %.1f s: %d segments", item.path, info.num_frames, facts["fps"],
+                 info.duration, len(ranges))
+        for number, (a, b) in enumerate(ranges, 1):
             # Ship only this segment's timestamps (and the one before, for seeking and --fps): memory per
             # work item stays small however long the film is.
             window = _PtsWindow(info.pts, max(0, a - 1), b)
             self.segments.inc()
             yield {"path": item.path, "info": dataclasses.replace(info, pts=window), "start": a, "stop": b,
-                   "first": lo, "blocks": blocks}
+                   "first": lo, "blocks": blocks, "number": number, "of": len(ranges)}
 
 
 def _is_text(path):
@@ -410,6 +411,8 @@ class DecodeFilmSegment(beam.DoFn):
             log.warning("%s", e)
             yield beam.pvalue.TaggedOutput("report", ("segment_error", path, str(e).replace(f"{path}: ", "", 1)))
         self.records.inc(count)
+        log.info("%s: segment %d/%d done (frames %d-%d, %d records)", os.path.basename(path), segment["number"],
+                 segment["of"], segment["start"], segment["stop"] - 1, count)
         yield beam.pvalue.TaggedOutput("report", ("count", path, count))
         if count:
             yield beam.pvalue.TaggedOutput("moments", moments.value())
@@ -468,6 +471,8 @@ class DecodeStills(beam.DoFn):
             counts[owner] = counts.get(owner, 0) + 1
             yield split, f"{source}\t{0:010d}", RecordEncoder.encode(
                 self.encoder.prefix(source, split, attrs), self.encode(bgr))
+        log.info("stills: batch %s/%s done (%d records)", batch.get("number", "?"), batch.get("of", "?"),
+                 sum(counts.values()))
         for owner, n in counts.items():
             self.records.inc(n)
             yield beam.pvalue.TaggedOutput("report", ("count", owner, n))
@@ -585,6 +590,7 @@ class ExtractRecords(beam.PTransform):
             moments.append(decoded.moments)
         batches = [{"kind": "image", "items": self.images[i:i + STILLS_PER_ITEM]}
                    for i in range(0, len(self.images), STILLS_PER_ITEM)] + list(self.celeba_batches)
+        batches = [dict(b, number=i, of=len(batches)) for i, b in enumerate(batches, 1)]
         if batches:
             stills = (pbegin | "Still batches" >> beam.Create(batches)
                       | "Decode stills" >> beam.ParDo(DecodeStills(s)).with_outputs("report", "moments",
