@@ -168,3 +168,17 @@ def test_write_shards_rolls_over_and_reports_parts(tmp_path):
     assert len(written) >= 30 * 316 // 1316  # every file closed at ~1000 bytes
     read = sorted(r.numpy() for name in written for r in tf.data.TFRecordDataset(str(tmp_path / name)))
     assert read == sorted(r[2] for r in records)
+
+
+def test_moments_are_exact_past_the_uint32_fold(monkeypatch):
+    monkeypatch.setattr(extract._Moments, "_FOLD_EVERY", 7)
+    rng = np.random.default_rng(3)
+    pictures = rng.integers(0, 256, (20, 5, 4, 3), dtype=np.uint8)
+    pictures[:10] = 255  # the worst case for the squares
+    moments = extract._Moments((5, 4))
+    for p in pictures:
+        moments.add(p[..., ::-1][..., ::-1])  # also a non-contiguous view, as the stills path passes
+    count, total, squares = moments.value()
+    wide = pictures.astype(np.int64)
+    assert count == 20 and np.array_equal(total, wide.sum(0)) and np.array_equal(squares, (wide * wide).sum(0))
+    assert total.dtype == squares.dtype == np.int64
