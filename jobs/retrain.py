@@ -394,17 +394,25 @@ class Retrain:
 
     def _finish_cut_off_promotion(self):
         """A run killed between renaming its candidate to vNNNN and switching LATEST left a complete,
-        accepted version that LATEST does not point to: finish that promotion now."""
+        accepted version that LATEST does not point to: finish that promotion now.
+
+        A finished promotion is recorded in state.json; when the newest version's run is recorded there,
+        LATEST points elsewhere on purpose (someone rolled it back) and is left alone."""
         self.stage = "recovery"
         versions = self.wd.versions()
         if not versions:
             return
         newest = versions[-1]
-        current = self.wd.current() if os.path.lexists(self.wd.latest) else None
-        if current == newest or (current and int(current[1:]) > int(newest[1:])):
+        current = self.wd.current()
+        if current == newest:
             return
         decision = _read_decision(os.path.join(self.wd.models, newest))
         if not decision or not decision.get("promoted"):
+            return
+        state = _read_json_or_none(self.wd.state) or {}
+        if state.get("run_id") == decision.get("run_id"):
+            self.summary["rolled_back"] = {"latest": current, "newest": newest}
+            _say(f"models/LATEST points to {current}, not the newest version {newest}: kept (a rollback)")
             return
         _say(f"recovery: finishing the promotion of {newest} that an earlier run left half done")
         self.wd.point_latest(newest)

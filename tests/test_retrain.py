@@ -398,6 +398,12 @@ def test_a_promotion_cut_off_between_its_two_renames_is_finished(first, films, t
     assert s["recovered"]["finished_promotion"] == "v0002"
     assert os.readlink(work / "models" / "LATEST") == "v0002"
     assert s["status"] == "nothing new" and decision["data_fingerprint"] == state["data_fingerprint"]
+    # A rollback by hand (LATEST back to v0001) after a finished promotion is respected, not "finished".
+    os.symlink("v0001", work / "models" / "LATEST.new")
+    os.replace(work / "models" / "LATEST.new", work / "models" / "LATEST")
+    s = retrain.run(["--inputs", films["old"], "--work", str(work)] + TRAIN)
+    assert "finished_promotion" not in s["recovered"] and s["rolled_back"] == {"latest": "v0001", "newest": "v0002"}
+    assert os.readlink(work / "models" / "LATEST") == "v0001" and s["status"] == "nothing new"
 
 
 @pytest.mark.slow
