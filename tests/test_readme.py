@@ -25,10 +25,12 @@ def readme_blocks():
 
 
 def readme_commands():
-    """Every ``cadl <job> ...`` in shell, cron and systemd blocks, as argv words from the job name on."""
+    """Every ``cadl <job> ...`` in shell, cron, systemd and Airflow snippets, as argv words from the job name on."""
     commands = []
     for language, text in readme_blocks():
-        if language not in ("bash", "sh", "cron", "ini"):
+        if language == "python":  # the Airflow task's shell command
+            text = "\n".join(re.findall(r'bash_command="([^"]+)"', text))
+        elif language not in ("bash", "sh", "cron", "ini"):
             continue
         for line in text.replace("\\\n", " ").splitlines():
             line = re.sub(r"(^|\s)#.*", "", line).removeprefix("ExecStart=")  # comments out
