@@ -24,15 +24,27 @@ def by_key(records):
     return sorted(records, key=lambda r: (r["source"], r["frame_index"]))
 
 
-def test_film_gives_every_frame_once_across_segments(short_film, tmp_path):
+@pytest.fixture(scope="module")
+def gop_films(tmp_path_factory):
+    """Films with a keyframe every 10 (resp. 7) frames, so that segments can start all over them."""
+    folder = tmp_path_factory.mktemp("gop")
+    return {"pal": make_film(folder / "pal.mp4", "testsrc2", seconds=3, size=(160, 90), rate="25",
+                             extra_video_args=("-g", "10")),
+            "ntsc": make_film(folder / "ntsc.mkv", "mandelbrot", seconds=2, size=(128, 72), rate="24000/1001",
+                              extra_video_args=("-g", "7"))}
+
+
+def test_film_gives_every_frame_once_across_segments(gop_films, tmp_path):
+    film = gop_films["pal"]
     out = tmp_path / "data"
-    # 0.5 s segments: the 3 s film is six work items; frames at every boundary must appear exactly once.
-    summary = run("--input", short_film, "--output", out, "--size", "18x32", "--segment-seconds", "0.5",
+    # 0.3 s segments: the 3 s film is eight work items; frames at every boundary must appear exactly once.
+    summary = run("--input", film, "--output", out, "--size", "18x32", "--segment-seconds", "0.3",
                   "--validation-fraction", "0")
+    assert mf.read(out)["sources"][os.path.abspath(film)]["segments"] == 8
     records = by_key(mf.read_records(out))
     assert [r["frame_index"] for r in records] == list(range(75))
     assert all(abs(r["timestamp"] - r["frame_index"] / 25) < 1e-5 for r in records)
-    assert {r["source"] for r in records} == {os.path.abspath(short_film)}
+    assert {r["source"] for r in records} == {os.path.abspath(film)}
     assert {(r["height"], r["width"], r["channels"], r["format"], r["split"]) for r in records} == \
         {(18, 32, 3, "png", "train")}
     image = cv2.imdecode(np.frombuffer(records[10]["image"], np.uint8), cv2.IMREAD_UNCHANGED)
@@ -41,19 +53,21 @@ def test_film_gives_every_frame_once_across_segments(short_film, tmp_path):
     assert summary["inputs_new"] == 1 and summary["inputs_extracted"] == 1 and summary["inputs_bad"] == 0
     manifest = mf.read(out)
     assert manifest["image"] == {"height": 18, "width": 32, "channels": 3, "format": "png", "fit": "crop"}
-    source = manifest["sources"][os.path.abspath(short_film)]
+    source = manifest["sources"][os.path.abspath(film)]
     assert source["kind"] == "film" and source["count"] == 75 and source["num_frames"] == 75
-    assert source["size"] == os.path.getsize(short_film)
+    assert source["size"] == os.path.getsize(film)
     assert manifest["splits"]["train"]["count"] == 75
     assert manifest["bytes"] == sum(os.path.getsize(out / f) for f in manifest["splits"]["train"]["files"])
     assert json.loads((out / "summary.json").read_text())["records_new"] == 75
 
 
-def test_ntsc_film_timestamps_are_the_true_ones(ntsc_film, tmp_path):
+@pytest.mark.parametrize("which", ["fixture", "gop"])
+def test_ntsc_film_timestamps_are_the_true_ones(which, ntsc_film, gop_films, tmp_path):
+    film = ntsc_film if which == "fixture" else gop_films["ntsc"]
     out = tmp_path / "data"
-    run("--input", ntsc_film, "--output", out, "--size", "18x32", "--segment-seconds", "0.3",
+    run("--input", film, "--output", out, "--size", "18x32", "--segment-seconds", "0.3",
         "--validation-fraction", "0")
-    info = media.probe(ntsc_film)
+    info = media.probe(film)
     records = by_key(mf.read_records(out))
     assert [r["frame_index"] for r in records] == list(range(info.num_frames))
     for r in records:

@@ -13,6 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import extract, media, schema, sources
+from pipelines.synthetic import make_film
 from pipelines.extract import (DecodeFilmSegment, DecodeStills, PlanFilm, RecordEncoder, Settings, TFRecordFile,
                                WriteShards)
 
@@ -95,19 +96,40 @@ def film_input(path):
     return item
 
 
-def test_plan_film_covers_the_film_with_segments(short_film, tmp_path):
+@pytest.fixture(scope="module")
+def gop_film(tmp_path_factory):
+    """3 s at 25 fps with a keyframe every 10 frames."""
+    return make_film(tmp_path_factory.mktemp("gop") / "gop.mp4", "testsrc2", seconds=3, size=(96, 54),
+                     rate="25", audio=False, extra_video_args=("-g", "10"))
+
+
+def test_keyframes_and_cheap_segment_starts(gop_film, short_film):
+    info = media.probe(gop_film)
+    keys = extract.keyframe_indices(info)
+    assert keys == list(range(0, 75, 10))
+    # Each segment after the first starts on the frame after a keyframe (one wasted frame to decode), and
+    # lasts at least the asked length; together they cover the range exactly once.
+    ranges = extract.keyframe_segments(info, keys, 0.5, 0, 75)
+    assert ranges == [(0, 21), (21, 41), (41, 61), (61, 75)]
+    assert extract.keyframe_segments(info, keys, 0.3, 5, 70) == [(5, 21), (21, 31), (31, 41), (41, 51), (51, 61),
+                                                                  (61, 70)]
+    # Without keyframe information: by time, as VideoInfo.segments.
+    assert extract.keyframe_segments(info, [], 0.5, 0, 75) == info.segments(0.5)
+    # x264's default GOP (250 frames) is longer than the 75-frame fixture: one segment, no wasted decoding.
+    short = media.probe(short_film)
+    assert extract.keyframe_segments(short, extract.keyframe_indices(short), 0.5, 0, 75) == [(0, 75)]
+
+
+def test_plan_film_covers_the_film_with_segments(gop_film, tmp_path):
     s = settings(tmp_path)
-    expected = media.probe(short_film).segments(0.5)
-    assert len(expected) == 6 and expected[0][0] == 0 and expected[-1][1] == 75
-    assert all(a[1] == b[0] for a, b in zip(expected, expected[1:]))  # contiguous: every frame once
+    expected = [(0, 21), (21, 41), (41, 61), (61, 75)]
     with pipeline() as p:
-        planned = p | beam.Create([film_input(short_film)]) | beam.ParDo(PlanFilm(s)).with_outputs(
+        planned = p | beam.Create([film_input(gop_film)]) | beam.ParDo(PlanFilm(s)).with_outputs(
             "report", main="segments")
         ranges = planned.segments | beam.Map(lambda seg: (seg["start"], seg["stop"]))
-        assert_that(ranges | beam.combiners.ToList() | beam.Map(sorted),
-                    equal_to([expected]))
-        kinds = planned.report | beam.Map(lambda r: (r[0], r[1], r[2]["num_frames"]))
-        assert_that(kinds, equal_to([("facts", str(short_film), 75)]), label="facts")
+        assert_that(ranges | beam.combiners.ToList() | beam.Map(sorted), equal_to([expected]))
+        kinds = planned.report | beam.Map(lambda r: (r[0], r[1], r[2]["num_frames"], r[2]["segments"]))
+        assert_that(kinds, equal_to([("facts", str(gop_film), 75, 4)]), label="facts")
 
 
 def test_plan_film_counts_bad_films(tmp_path):
@@ -124,10 +146,10 @@ def test_plan_film_counts_bad_films(tmp_path):
     assert sum(c.committed for c in counters) == 1
 
 
-def test_decode_segments_give_each_frame_once(short_film, tmp_path):
+def test_decode_segments_give_each_frame_once(gop_film, tmp_path):
     s = settings(tmp_path, every=2)
     with pipeline() as p:
-        decoded = (p | beam.Create([film_input(short_film)])
+        decoded = (p | beam.Create([film_input(gop_film)])
                    | beam.ParDo(PlanFilm(s)).with_outputs("report", main="segments")).segments \
             | beam.Reshuffle() | beam.ParDo(DecodeFilmSegment(s)).with_outputs("report", "moments", main="records")
         keys = decoded.records | beam.Map(lambda r: (r[0], int(r[1].rsplit("\t", 1)[1])))
