@@ -39,10 +39,8 @@ import tempfile
 import threading
 import time
 
-import apache_beam as beam
 import cv2
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions
 
 import jobs
 from pipelines import atomic, geometry, media, video_out
@@ -57,7 +55,11 @@ def build_parser():
         prog="cadl render",
         description="Re-render a film through a trained VAE: same frames, exact frame rate and timing, "
                     "audio kept. Resumable (rerun the same command after a crash); --runner renders segments "
-                    "in parallel with Apache Beam. Extra arguments after --runner are Beam pipeline options.")
+                    "in parallel with Apache Beam. Extra arguments after --runner are Beam pipeline options.",
+        epilog="Writes OUT (atomically, when complete) and OUT.summary.json (for a PNG sequence: OUT/summary.json, "
+               "with OUT/timestamps.txt and OUT/audio.mka); work in progress lives in OUT.parts/. The model's "
+               "picture lands where the model saw it: with a crop-trained model on a film of another aspect "
+               "ratio, the parts the model never saw stay black.")
     p.add_argument("--model", required=True,
                    help="trained model: a run folder, its export/ folder, a .keras file or a symlink to one "
                         "(e.g. WORKDIR/models/LATEST)")
@@ -295,22 +297,36 @@ def render_segments(plan, model, seg_ids, progress=None, on_commit=None):
     commit_q = queue.Queue(maxsize=1)
     stats = {"frames": 0, "missing_source_frames": 0, "seconds": collections.Counter()}
 
+    # Time each stage spends blocked on its neighbours ("infer_waits_for_output": the encoder is slower).
+    waits = {(id(frames_q), "put"): "decode_waits_for_infer", (id(frames_q), "get"): "infer_waits_for_input",
+             (id(out_q), "put"): "infer_waits_for_output", (id(out_q), "get"): "encode_waits_for_input"}
+
     def put(q, item):
-        while not stop_event.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+        t = time.perf_counter()
+        try:
+            while not stop_event.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+        finally:
+            if (id(q), "put") in waits:
+                stats["seconds"][waits[id(q), "put"]] += time.perf_counter() - t
 
     def get(q):
-        while True:
-            try:
-                return q.get(timeout=0.1)
-            except queue.Empty:
-                if stop_event.is_set():
-                    return _END
+        t = time.perf_counter()
+        try:
+            while True:
+                try:
+                    return q.get(timeout=0.1)
+                except queue.Empty:
+                    if stop_event.is_set():
+                        return _END
+        finally:
+            if (id(q), "get") in waits:
+                stats["seconds"][waits[id(q), "get"]] += time.perf_counter() - t
 
     def stage(fn):
         def body():
@@ -534,33 +550,43 @@ def _fingerprint(args, info, model_file, plan):
 
 # ---- Beam: segments in parallel ----
 
-class RenderSegmentFn(beam.DoFn):
-    """Renders one segment per element; each worker loads the model once (``setup``)."""
+def _render_segment_fn():
+    """The DoFn class, built on first use: Beam is imported only by renders that ask for it (a local render
+    starts a second sooner). Beam's default pickler (cloudpickle) ships the class by value."""
+    import apache_beam as beam
 
-    def __init__(self, plan, model_path):
-        self.plan, self.model_path = plan, model_path
-        self.frames = beam.metrics.Metrics.counter("render", "frames")
-        self.segments = beam.metrics.Metrics.counter("render", "segments")
+    class RenderSegmentFn(beam.DoFn):
+        """Renders one segment per element; each worker loads the model once (``setup``)."""
 
-    def setup(self):
-        from models import vae
-        self.model = vae.load_inference(self.model_path)
+        def __init__(self, plan, model_path):
+            self.plan, self.model_path = plan, model_path
+            self.frames = beam.metrics.Metrics.counter("render", "frames")
+            self.segments = beam.metrics.Metrics.counter("render", "segments")
 
-    def process(self, k):
-        stats = render_segments(self.plan, self.model, [k])
-        self.frames.inc(stats["frames"])
-        self.segments.inc()
-        log.info("segment %d: frames %d..%d rendered", k, *self.plan.segments[k])
-        yield k
+        def setup(self):
+            from models import vae
+            self.model = vae.load_inference(self.model_path)
+
+        def process(self, k):
+            stats = render_segments(self.plan, self.model, [k])
+            self.frames.inc(stats["frames"])
+            self.segments.inc()
+            log.info("segment %d: frames %d..%d rendered", k, *self.plan.segments[k])
+            yield k
+
+    return RenderSegmentFn
 
 
 def render_with_beam(plan, model_path, pending, beam_args):
-    options = PipelineOptions(beam_args)
-    with beam.Pipeline(options=options) as p:
+    """Render the segments ``pending`` in parallel: one element per segment, spread over the workers."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
         _ = (p
              | "Segments" >> beam.Create(pending)
              | "Spread" >> beam.Reshuffle()
-             | "Render" >> beam.ParDo(RenderSegmentFn(plan, model_path)))
+             | "Render" >> beam.ParDo(_render_segment_fn()(plan, model_path)))
 
 
 # ---- the job ----
