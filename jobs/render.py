@@ -404,7 +404,7 @@ def render_segments(plan, model, seg_ids, progress=None, on_commit=None):
             try:
                 writer.commit()
             finally:
-                stats["seconds"]["encode"] += time.perf_counter() - t
+                stats["seconds"]["encode_flush"] += time.perf_counter() - t
             if on_commit:
                 on_commit(k)
 

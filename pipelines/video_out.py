@@ -52,6 +52,7 @@ _AUDIO_COPY = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
                "matroska": None}  # None: anything
 _AUDIO_REENCODE = {"mp4": ["-c:a", "aac", "-b:a", "192k"], "mov": ["-c:a", "aac", "-b:a", "192k"],
                    "matroska": ["-c:a", "flac"]}
+_AUDIO_REENCODE_PRORES = ["-c:a", "pcm_s16le"]  # editors expect uncompressed audio next to ProRes
 FRAME_PATTERN = "frame_%06d.png"   # PNG sequences: frame files named by the source frame index
 
 
@@ -359,7 +360,8 @@ def join(segment_paths, segments, output, fmt, source_info, keep_audio=True):
         cmd += ["-f", "concat", "-safe", "0", "-i", listing]
         if attempt:
             cmd += ["-i", source_info.path, "-map", "0:v:0", "-map", "1:a"]
-            cmd += ["-c:a", "copy"] if attempt == "copy" else _AUDIO_REENCODE[fmt.muxer]
+            cmd += ["-c:a", "copy"] if attempt == "copy" else (
+                _AUDIO_REENCODE_PRORES if fmt.codec == "prores" and fmt.muxer == "mov" else _AUDIO_REENCODE[fmt.muxer])
         else:
             cmd += ["-map", "0:v:0"]
         cmd += ["-c:v", "copy"]

@@ -175,3 +175,13 @@ def test_segment_writer_checks_counts_and_cleans_up(short_film, tmp_path):
         writer.commit()
     assert not os.path.exists(path)
     assert [n for n in os.listdir(tmp_path)] == []
+
+
+def test_prores_mov_for_editing_gets_uncompressed_audio(ntsc_film, tmp_path):
+    info = media.probe(ntsc_film)
+    fmt = video_out.output_format(tmp_path / "edit.mov")
+    paths, _, segs = _encode_segments(info, tmp_path, fmt, info.segments(1.0))
+    result = video_out.join(paths, segs, tmp_path / "edit.mov", fmt, info)
+    out = media.probe(tmp_path / "edit.mov")
+    assert out.video_codec == "prores" and out.fps == Fraction(24000, 1001) and out.num_frames == info.num_frames
+    assert result["audio"] == "reencode" and out.audio_codec == "pcm_s16le"  # Vorbis has no place in a mov
