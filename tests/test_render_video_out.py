@@ -185,3 +185,32 @@ def test_prores_mov_for_editing_gets_uncompressed_audio(ntsc_film, tmp_path):
     out = media.probe(tmp_path / "edit.mov")
     assert out.video_codec == "prores" and out.fps == Fraction(24000, 1001) and out.num_frames == info.num_frames
     assert result["audio"] == "reencode" and out.audio_codec == "pcm_s16le"  # Vorbis has no place in a mov
+
+
+def _first_time(path, stream):
+    import subprocess
+    from pipelines.synthetic import ffmpeg_exe
+    out = subprocess.run([ffmpeg_exe(), "-v", "error", "-copyts", "-i", str(path), "-map", f"0:{stream}:0", "-c",
+                          "copy", "-f", "framecrc", "-"], capture_output=True, text=True, check=True).stdout
+    tb = Fraction(next(l for l in out.splitlines() if l.startswith("#tb 0:")).split(":", 1)[1].strip())
+    return min(int(l.split(",")[2]) for l in out.splitlines() if l and not l.startswith("#")) * tb
+
+
+def test_audio_stays_in_sync_when_the_video_starts_late(tmp_path):
+    """A source whose picture starts 0.5 s after its sound keeps that offset in the output."""
+    import subprocess
+    from pipelines.synthetic import ffmpeg_exe
+    source = tmp_path / "late.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-itsoffset", "0.5", "-f", "lavfi", "-i",
+                    "testsrc2=size=96x64:rate=25", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+                    "-t", "2", "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", str(source)], check=True)
+    info = media.probe(source)
+    fmt = video_out.output_format(tmp_path / "out.mp4", preset="ultrafast")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    paths, _, segs = _encode_segments(info, folder, fmt, info.segments(0.5))
+    video_out.join(paths, segs, tmp_path / "out.mp4", fmt, info)
+    offset = _first_time(source, "v") - _first_time(source, "a")
+    assert offset > Fraction(1, 2)
+    assert _first_time(tmp_path / "out.mp4", "v") - _first_time(tmp_path / "out.mp4", "a") == offset
