@@ -55,7 +55,10 @@ def build_parser():
         prog="cadl extract", allow_abbrev=False,
         description="Turn films, CelebA and image folders into sharded TFRecords (one tf.train.Example per "
                     "picture, see pipelines/schema.py) with an Apache Beam pipeline. Unknown options are Beam "
-                    "pipeline options (--runner, --temp_location, --setup_file, ...) and pass through.")
+                    "pipeline options (--runner, --temp_location, --setup_file, ...) and pass through.",
+        epilog="Without --runner the pipeline runs here on Beam's FnApiRunner with one worker per core "
+               "(--direct_num_workers N, --direct_running_mode multi_threading|multi_processing to change); "
+               "Beam's DirectRunner would first try the Prism runner, which downloads a binary.")
     p.add_argument("--input", action="append", required=True, metavar="PATH",
                    help="a film, an image, a folder (searched recursively for films and jpg/png/webp/bmp "
                         "images), a glob (quote it), or a CelebA root (holding img_align_celeba/ or "
@@ -84,8 +87,9 @@ def build_parser():
     g.add_argument("--end", type=float, default=None, metavar="SECONDS",
                    help="stop at SECONDS into each film (default: its end)")
     g.add_argument("--segment-seconds", type=float, default=10.0, metavar="SECONDS",
-                   help="length of the pieces a film is cut into; each is a separate work item, so one long "
-                        "film keeps every worker busy (default: %(default)s)")
+                   help="least length of the pieces a film is cut into (each starts right after a keyframe, "
+                        "where decoding is cheap); each is a separate work item, so one long film keeps every "
+                        "worker busy (default: %(default)s)")
     g = p.add_argument_group("encoding and shards")
     g.add_argument("--format", default="png", choices=("png", "jpeg"),
                    help="picture encoding in the records: png is lossless (default: %(default)s)")
