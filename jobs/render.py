@@ -126,6 +126,11 @@ class Layout:
         h, w = self.canvas
         return (h, 2 * w) if self.side_by_side else (h, w)
 
+    @property
+    def needs_source(self):
+        """Whether output frames show the original (blend, side by side), so it must travel with them."""
+        return self.blend is not None or self.side_by_side
+
 
 def make_layout(info, model_config, fmt, output_size=None, scale=None, side_by_side=False, blend=None):
     source = (info.height, info.width)
@@ -203,7 +208,8 @@ def _place(picture, canvas):
 
 
 def compose(frame, recon, layout):
-    """One output frame from the source frame and the model's reconstruction of it."""
+    """One output frame from the model's reconstruction and the source frame (used only when
+    ``layout.needs_source``; may be None otherwise)."""
     picture = from_model(recon, layout)
     original = None
     if layout.blend is not None or layout.side_by_side:
@@ -292,8 +298,10 @@ def render_segments(plan, model, seg_ids, progress=None, on_commit=None):
     starts = [s for s, _ in plan.segments]
     stop_event = threading.Event()
     errors = []
-    frames_q = queue.Queue(maxsize=2 * B)
-    out_q = queue.Queue(maxsize=2 * B)
+    # Bounded queues: about three batches in flight whatever the film's length. Frames travel fitted to
+    # the model's size; the full-size source frame only when the output shows it.
+    frames_q = queue.Queue(maxsize=B)
+    out_q = queue.Queue(maxsize=B)
     commit_q = queue.Queue(maxsize=1)
     stats = {"frames": 0, "missing_source_frames": 0, "seconds": collections.Counter()}
 
@@ -346,20 +354,23 @@ def render_segments(plan, model, seg_ids, progress=None, on_commit=None):
             t = time.perf_counter()
             with contextlib.closing(media.read_frames(info.path, info=info, start=lo, stop=hi)) as frames:
                 for index, _, frame in frames:
-                    stats["seconds"]["decode"] += time.perf_counter() - t
-                    previous = frame if previous is None else previous
+                    t_fit = time.perf_counter()
+                    stats["seconds"]["decode"] += t_fit - t
+                    item = (to_model(frame, layout), frame if layout.needs_source else None)
+                    stats["seconds"]["fit"] += time.perf_counter() - t_fit
+                    previous = item if previous is None else previous
                     while expected < index:  # a damaged frame: repeat the last good one, keep the count
                         stats["missing_source_frames"] += 1
-                        if not put(frames_q, (expected, previous)):
+                        if not put(frames_q, (expected,) + previous):
                             return
                         expected += 1
-                    if not put(frames_q, (index, frame)):
+                    if not put(frames_q, (index,) + item):
                         return
-                    previous, expected = frame, index + 1
+                    previous, expected = item, index + 1
                     t = time.perf_counter()
             while expected < hi:
                 stats["missing_source_frames"] += 1
-                if not put(frames_q, (expected, previous)):
+                if not put(frames_q, (expected,) + previous):
                     return
                 expected += 1
         put(frames_q, _END)
@@ -433,8 +444,9 @@ def render_segments(plan, model, seg_ids, progress=None, on_commit=None):
 
 
 def _infer(plan, model, get, put, frames_q, out_q, starts, radius, stats):
-    """The main thread's stage: batches of frames -> model -> (index, reconstruction, frame) in order."""
-    B, layout = plan.batch_size, plan.layout
+    """The main thread's stage: batches of (index, model input, source frame or None) -> model ->
+    (index, reconstruction, source frame or None), in order."""
+    B = plan.batch_size
     batch, smoother, emit = [], None, (0, 0)
     pending = []  # smoothed latents waiting to be decoded: (index, z, frame)
 
@@ -459,17 +471,15 @@ def _infer(plan, model, get, put, frames_q, out_q, starts, radius, stats):
     def flush():
         if not batch:
             return True
-        t = time.perf_counter()
-        inputs = [to_model(f, layout) for _, f in batch]
-        stats["seconds"]["fit"] += time.perf_counter() - t
+        inputs = [x for _, x, _ in batch]
         if radius == 0:
             images = run_model(model.reconstruct, inputs)
-            for (index, frame), image in zip(batch, images):
+            for (index, _, frame), image in zip(batch, images):
                 if emit[0] <= index < emit[1] and not put(out_q, (index, image, frame)):
                     return False
         else:
             zs = run_model(model.encode, inputs)
-            for (index, frame), z in zip(batch, zs):
+            for (index, _, frame), z in zip(batch, zs):
                 pending.extend(smoother.push(index, z, frame))
             if not decode_pending():
                 return False
