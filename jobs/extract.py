@@ -248,7 +248,11 @@ def run(argv=None):
         log.info("nothing new to extract into %s", output)
         return summary
 
-    result = _run_pipeline(settings, new, beam_args)
+    new, celebas, bad_roots = _load_celeba(new, (old or {}).get("attribute_names") if args.incremental else None)
+    skipped += bad_roots
+    if not new:
+        raise CadlError(f"{output}: no records: every input was skipped ({len(bad_roots)} bad; reasons above)")
+    result = _run_pipeline(settings, new, celebas, beam_args)
     try:
         manifest, moments, run_skipped, new_files = _finalize(args, settings, header, old, new, result, output,
                                                               skipped)
@@ -260,7 +264,8 @@ def run(argv=None):
         splits_new[f["split"]] = splits_new.get(f["split"], 0) + f["count"]
     summary.update(
         inputs_extracted=sum(1 for i in new if i.path in manifest["sources"]),
-        inputs_bad=len(run_skipped), records_new=sum(splits_new.values()), splits_new=splits_new,
+        inputs_bad=len(bad_roots) + len([s for s in run_skipped if s["input"] in {i.path for i in new}]),
+        records_new=sum(splits_new.values()), splits_new=splits_new,
         shards_new=[f["name"] for f in new_files], skipped=skipped,
         records_total=sum(s["count"] for s in manifest["splits"].values()),
         splits={k: v["count"] for k, v in manifest["splits"].items()}, runner=result["runner"],
@@ -278,21 +283,49 @@ def _write_summary(output, summary):
     atomic.write_json(os.path.join(output, "summary.json"), summary)
 
 
-def _run_pipeline(settings, new, beam_args):
+def _load_celeba(new, known_attributes):
+    """Read the text files of each new CelebA root now, so a broken one is skipped like any bad input.
+    Returns (inputs still to extract, {root: CelebA}, [skipped entries])."""
+    from pipelines.celeba import CelebA
+
+    keep, datasets, bad = [], {}, []
+    attribute_names = list(known_attributes or [])
+    for item in new:
+        if item.kind != "celeba":
+            keep.append(item)
+            continue
+        try:
+            dataset = CelebA(item.path)
+            if not dataset.names:
+                raise CadlError(f"{dataset.store}: no images")
+            names = dataset.attribute_names
+            _ = dataset.partition
+        except CadlError as e:
+            reason = str(e)
+        else:
+            if names and attribute_names and names != attribute_names:
+                reason = "its attribute names differ from the dataset's (or another CelebA root's)"
+            else:
+                attribute_names = attribute_names or names
+                datasets[item.path] = dataset
+                keep.append(item)
+                continue
+        log.warning("skipping %s: %s", item.path, reason)
+        bad.append({"input": item.path, "reason": reason})
+    return keep, datasets, bad
+
+
+def _run_pipeline(settings, new, celebas, beam_args):
     import apache_beam as beam
 
     from pipelines import extract
-    from pipelines.celeba import CelebA
 
     films = [i for i in new if i.kind == "film"]
     images = [i for i in new if i.kind == "image"]
     batches, attribute_names = [], []
     for item in (i for i in new if i.kind == "celeba"):
-        dataset = CelebA(item.path)
-        if dataset.attribute_names:
-            if attribute_names and attribute_names != dataset.attribute_names:
-                raise CadlError(f"{item.path}: its attribute names differ from another CelebA root's")
-            attribute_names = dataset.attribute_names
+        dataset = celebas[item.path]
+        attribute_names = attribute_names or dataset.attribute_names
         batches += extract.celeba_batches(dataset)
     log.info("extracting %d films, %d images, %d CelebA roots at %s (%s)", len(films), len(images),
              len(new) - len(films) - len(images), geometry.format_size(settings.size), settings.fit)

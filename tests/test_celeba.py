@@ -172,3 +172,16 @@ def test_bad_jpeg_inside_celeba_is_skipped(tmp_path):
     summary = extract.run(["--input", str(root), "--output", str(tmp_path / "data"), "--size", "16x16"])
     assert summary["records_new"] == 3
     assert [s["input"] for s in summary["skipped"]] == [f"{root}/000004.jpg"]
+
+
+def test_broken_celeba_root_is_skipped_like_a_bad_input(celeba_folder, short_film, tmp_path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    os.symlink(celeba_folder / "img_align_celeba", root / "img_align_celeba", target_is_directory=True)
+    (root / "list_eval_partition.txt").write_text("000001.jpg 7\n")
+    summary = extract.run(["--input", str(root), "--input", str(short_film), "--output", str(tmp_path / "data"),
+                           "--size", "16x16"])
+    assert summary["records_new"] == 75 and summary["inputs_bad"] == 1
+    [entry] = summary["skipped"]
+    assert entry["input"] == str(root) and "list_eval_partition.txt: line 1" in entry["reason"]
+    assert [s["input"] for s in mf.read(tmp_path / "data")["skipped"]] == [str(root)]
