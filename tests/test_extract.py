@@ -329,3 +329,17 @@ def test_incremental_warns_about_a_changed_input(short_film, tmp_path, caplog):
     assert summary["inputs_new"] == 1 and summary["inputs_already_extracted"] == 0
     assert f"{film} changed since it was extracted" in caplog.text
     assert mf.read(out)["sources"][str(film)]["mtime"] == 1e9
+
+
+def test_cadl_extract_command_line(short_film, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "data"
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "extract", "--input", str(short_film), "--output",
+                           str(out), "--size", "18x32"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"{out}: 75 new records") and "Traceback" not in proc.stderr
+    assert not [l for l in lines if "channel" in l.lower()]  # no Beam worker chatter
+    assert json.loads((out / "summary.json").read_text())["records_total"] == 75
