@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from pipelines import geometry, media  # noqa: E402
+from pipelines import media  # noqa: E402
 from pipelines.synthetic import ffmpeg_exe, make_film  # noqa: E402
 
 

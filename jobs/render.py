@@ -673,7 +673,8 @@ def run(argv=None):
     model, model_file = _load_model(args.model)
     layout = make_layout(info, model.config, fmt, output_size, args.scale, args.side_by_side, args.blend)
     work = WorkFolder(out)
-    plan = Plan(info=info, layout=layout, fmt=fmt, parts=work.path, segments=tuple(info.segments(args.segment_seconds)),
+    plan = Plan(info=info, layout=layout, fmt=fmt, parts=work.path,
+                segments=tuple(info.segments(args.segment_seconds)),
                 smooth=args.smooth + (1 - args.smooth % 2), batch_size=args.batch_size)
     done = work.open(_fingerprint(args, info, model_file, plan), plan.segments, fmt)
     pending = [k for k in range(len(plan.segments)) if k not in done]
@@ -689,7 +690,8 @@ def run(argv=None):
     stats = {"frames": 0, "missing_source_frames": 0, "seconds": {}}
     t = time.time()
     if pending and args.runner:
-        render_with_beam(plan, args.model, pending, ["--runner", args.runner] + beam_args)
+        # Workers load the resolved .keras file: a LATEST symlink switched meanwhile cannot mix models.
+        render_with_beam(plan, os.path.abspath(model_file), pending, ["--runner", args.runner] + beam_args)
         for k in pending:
             if not os.path.exists(plan.segment_path(k)):
                 raise CadlError(f"{plan.segment_path(k)}: the Beam pipeline did not produce this segment")

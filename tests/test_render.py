@@ -1,7 +1,6 @@
 """cadl render end to end with a really trained tiny VAE: exactness, options, resume, Beam, bad input."""
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
