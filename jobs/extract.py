@@ -44,7 +44,7 @@ import time
 import uuid
 
 import jobs
-from pipelines import geometry, sources
+from pipelines import geometry, schema, sources
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl.extract")
@@ -119,7 +119,7 @@ def build_parser():
 
 
 def _settings(args, output):
-    from pipelines import extract, schema
+    from pipelines import extract
 
     try:
         size = geometry.parse_size(args.size)
@@ -143,8 +143,7 @@ def _settings(args, output):
         validation_fraction=args.validation_fraction, validation_block=args.validation_block,
         segment_seconds=args.segment_seconds, compression="GZIP" if args.compression == "gzip" else "",
         shard_bytes=int(args.shard_mb * 2 ** 20), num_shards=args.num_shards,
-        tmp_dir=os.path.join(output, f".cadl-extract-{uuid.uuid4().hex[:12]}"),
-        schema_version=schema.SCHEMA_VERSION, feature_names=schema.FEATURE_NAMES)
+        tmp_dir=os.path.join(output, f".cadl-extract-{uuid.uuid4().hex[:12]}"))
 
 
 def _options_record(args, settings):
@@ -224,7 +223,7 @@ def run(argv=None):
         raise CadlError(f"{', '.join(args.input)}: no films, images or CelebA found")
     image = {"height": settings.size[0], "width": settings.size[1], "channels": 3, "format": settings.fmt,
              "fit": settings.fit}
-    header = {"schema_version": settings.schema_version, "image": image, "compression": settings.compression}
+    header = {"schema_version": schema.SCHEMA_VERSION, "image": image, "compression": settings.compression}
     if args.incremental and old:
         mf.check_compatible(old, header, output)
         new, done, changed = mf.already_extracted(old, inputs)

@@ -1,21 +1,20 @@
 """The extraction pipeline (Apache Beam): inputs -> decoded, fitted, encoded pictures -> TFRecord shards.
 
-    films   Create -> PlanFilm (probe, sampling, validation blocks, time segments)
+    films   Create -> PlanFilm (probe, sampling, validation blocks, segments cut after keyframes)
                    -> Reshuffle -> DecodeFilmSegment (ffmpeg decodes and scales one segment)
     stills  Create(batches of images / CelebA index ranges) -> DecodeStills
-    (Create itself reshuffles several elements, so films and batches spread over the workers.)
     both    -> WriteShards (rolling ~100 MB temp files per bundle, or exactly --num-shards via a shuffle)
             + "report" (per-input facts, skipped inputs, written parts) and "moments" (per-pixel sums)
               combined globally and written into the run's temp folder for the driver to finalize.
 
-A long film becomes many segments (separate work items), so every worker decodes a piece of it, and memory
+Create itself reshuffles several elements, so films and still batches spread over the workers. A long film
+becomes many segments (separate work items), so every worker decodes a piece of it, and memory
 is one frame per worker whatever the film's length: records never pass through a shuffle in the default
 sharding, they are written by the worker that decoded them.
 
-Workers never import TensorFlow (2 s and ~0.6 GB per process): ``RecordEncoder`` writes the
-``tf.train.Example`` wire format of ``schema.FEATURES`` directly (tests check it parses to the same Example
-as ``schema.encode_record``), and ``TFRecordFile`` frames records with google-crc32c. The schema's version
-and feature names reach the workers as constructor arguments from the driver, which imports the schema.
+Neither the driver nor the workers import TensorFlow (2 s and ~0.6 GB per process): ``RecordEncoder`` writes
+the ``tf.train.Example`` wire format of the schema's features directly (tests check it parses to the same
+Example as ``schema.encode_record``), and ``TFRecordFile`` frames records with google-crc32c.
 """
 import bisect
 import dataclasses
@@ -37,7 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines import geometry, media
+from pipelines import geometry, media, schema
 from pipelines.celeba import CelebA
 from pipelines.synthetic import ffmpeg_exe
 
@@ -64,13 +63,11 @@ class Settings:
     end: float | None = None     # seconds into each film (exclusive); None: to the end
     validation_fraction: float = 0.05
     validation_block: float = 4.0  # seconds: films go to validation in contiguous blocks this long
-    segment_seconds: float = 10.0  # seconds of film per work item
+    segment_seconds: float = 10.0  # least seconds of film per work item (cut right after a keyframe)
     compression: str = ""        # "" | "GZIP"
     shard_bytes: int = 100 * 2 ** 20  # target shard size when num_shards is 0
     num_shards: int = 0          # > 0: exactly this many shards per split (at most; empty ones dropped)
     tmp_dir: str = ""            # where parts, the report and the moments go before finalizing
-    schema_version: int = 1      # pipelines.schema.SCHEMA_VERSION, passed in by the driver
-    feature_names: tuple = ()    # pipelines.schema.FEATURES' keys, passed in by the driver
     decoder_threads: int = 1     # ffmpeg decoder threads per segment (parallelism comes from workers)
 
     @property
@@ -146,15 +143,15 @@ class RecordEncoder:
     _FIELDS = ("image", "format", "height", "width", "channels", "source", "frame_index", "timestamp", "split",
                "attributes", "schema_version")
 
-    def __init__(self, settings, channels=3):
-        if set(settings.feature_names) != set(self._FIELDS):
-            raise ValueError(f"the record schema's features {sorted(settings.feature_names)} are not the ones "
+    def __init__(self, settings, channels=3, feature_names=schema.FEATURE_NAMES):
+        if set(feature_names) != set(self._FIELDS):
+            raise ValueError(f"the record schema's features {sorted(feature_names)} are not the ones "
                              f"this encoder writes {sorted(self._FIELDS)}")
         h, w = settings.size
         self._static = (_entry("format", _bytes_feature([settings.fmt.encode()])) +
                         _entry("height", _int_feature([h])) + _entry("width", _int_feature([w])) +
                         _entry("channels", _int_feature([channels])) +
-                        _entry("schema_version", _int_feature([settings.schema_version])))
+                        _entry("schema_version", _int_feature([schema.SCHEMA_VERSION])))
 
     def prefix(self, source, split, attributes=()):
         """The fields shared by every record of one input and split."""
@@ -336,8 +333,8 @@ class PlanFilm(beam.DoFn):
         ranges = keyframe_segments(info, keyframes, s.segment_seconds, lo, hi)
         facts.update(keyframes=len(keyframes), segments=len(ranges))
         yield beam.pvalue.TaggedOutput("report", ("facts", item.path, facts))
-        log.info("%s: %d frames, %s fps, %.1f s: %d segments", item.path, info.num_frames, facts["fps"],
-                 info.duration, len(ranges))
+        log.info("%s: %d frames, %s fps, %.1f s: %d segment%s", item.path, info.num_frames, facts["fps"],
+                 info.duration, len(ranges), "" if len(ranges) == 1 else "s")
         for number, (a, b) in enumerate(ranges, 1):
             # Ship only this segment's timestamps (and the one before, for seeking and --fps): memory per
             # work item stays small however long the film is.
