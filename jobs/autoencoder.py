@@ -56,8 +56,7 @@ def build_parser():
                     "weights, denoising, variational) on local MNIST, CIFAR-10, CelebA or an image folder. "
                     "Writes per-epoch reconstruction montages and their GIF, the dataset's mean and std images, "
                     "checkpoints (a rerun resumes), the exported model (.keras and SavedModel) and "
-                    "summary.json with the test reconstruction error.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "summary.json with the test reconstruction error.")
     course.add_dataset_arguments(parser, datasets.DATASETS)
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=autoencoders.MODELS, default="fc",
@@ -65,7 +64,9 @@ def build_parser():
     g.add_argument("--noise", type=float, default=None, metavar="R",
                    help="masking noise: fraction of input pixels zeroed while training, in [0, 1) "
                         "(default 0.5 for denoising, 0 otherwise)")
-    g.add_argument("--latent", type=int, default=16, metavar="Z", help="VAEs: size of the code")
+    g.add_argument("--latent", type=int, default=16, metavar="Z", help="VAEs: size of the code (default 16)")
+    g.add_argument("--kl-warmup", type=int, default=1000, metavar="STEPS",
+                   help="VAEs: steps over which the KL term's weight rises from 0 to 1 (default 1000; 0: off)")
     course.add_training_arguments(parser, "passes over the training split (default 5, as in the lesson)",
                                   batch_size=100, learning_rate=1e-3)
     return parser
@@ -84,11 +85,11 @@ def run(argv=None):
     keras.utils.set_random_seed(args.seed)
     ds = course.load_dataset(args, one_hot=False)
     outputs = course.write_dataset_images(args.out, ds)
-    run_config = course.run_config(args, noise=args.noise, latent=args.latent)
+    run_config = course.run_config(args, noise=args.noise, latent=args.latent, kl_warmup=args.kl_warmup)
 
     def build_model():
         model = autoencoders.build(args.model, ds.image_shape, noise=args.noise, latent=args.latent,
-                                   seed=args.seed)
+                                   seed=args.seed, kl_warmup=args.kl_warmup)
         model.adapt(ds.mean_image())
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
         return model

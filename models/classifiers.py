@@ -10,16 +10,19 @@ you get unless you ask:
 
     init="he_normal"      He initialisation for the ReLU layers (the lesson's is Glorot/Xavier)
     batch_norm=True       batch normalisation after each convolution and the hidden layer
-    dropout=0.5           dropout before the softmax layer
+    dropout=0.3           dropout before the softmax layer
     augment=0.1           random translations by up to that fraction of the image while training
 
-``improved=True`` in ``build`` turns on the combination measured best on the synthetic digits benchmark
-(``benchmarks/course_classifiers.py``).
+``improved=True`` in ``build`` (``cadl classifier --improved``) turns on what measurably helped: dropout 0.3
+and shifts of up to 10%. Measured with ``benchmarks/course_classifiers.py`` (10,000 generated digits to
+train, 2,000 to test, 10 epochs, mean of seeds 0 and 1; test accuracy): lesson 0.970, He init 0.963,
+batch norm 0.923 (its last-epoch accuracy swings with Adam at 1e-3), dropout 0.3 0.976, shifts 0.981,
+dropout and shifts together (``improved``) 0.983.
 """
 import keras
 
 MODELS = ("linear", "conv")
-IMPROVED = {"init": "he_normal", "batch_norm": True, "dropout": 0.3, "augment": 0.1}
+IMPROVED = {"dropout": 0.3, "augment": 0.1}  # what the benchmark showed to help (see the module docstring)
 
 
 def _inputs(image_shape):

@@ -171,7 +171,7 @@ def test_conv_classifier_has_the_lessons_layers():
     assert kernels["conv1"].shape == (5, 5, 1, 32) and kernels["conv2"].shape == (5, 5, 32, 64)
     improved = classifiers.build("conv", (28, 28, 1), 10, improved=True)
     names = {layer.name for layer in improved.layers}
-    assert {"augment", "conv1_bn", "dropout"} <= names
+    assert {"augment", "dropout"} <= names
     assert classifiers.linear_weights(classifiers.build("linear", (28, 28, 1), 10), (28, 28, 1)).shape == \
         (10, 28, 28, 1)
 
@@ -180,7 +180,8 @@ def test_conv_classifier_has_the_lessons_layers():
 def _trained_briefly(family, kind, x, y):
     keras.utils.set_random_seed(0)
     if family == "classifier":
-        model = classifiers.build(kind, (28, 28, 1), 10, improved=kind == "conv" and x.shape[0] > 64, seed=0)
+        options = dict(init="he_normal", batch_norm=True, dropout=0.3, augment=0.1) if kind == "conv" else {}
+        model = classifiers.build(kind, (28, 28, 1), 10, seed=0, **options)
         classifiers.compile_classifier(model)
         model.fit(x, one_hot(y, 10), batch_size=32, epochs=1, verbose=0)
     else:
@@ -198,7 +199,7 @@ def _plain(config):
 @pytest.mark.parametrize("family,kind", [("autoencoder", k) for k in autoencoders.MODELS]
                          + [("classifier", "linear"), ("classifier", "conv")])
 def test_save_restore_and_export_give_identical_predictions(family, kind, mnist_like, tmp_path):
-    """The conv classifier here has every improvement on (batch norm, dropout, augmentation layers)."""
+    """The conv classifier here has every option on (He init, batch norm, dropout, augmentation layers)."""
     x, y = mnist_like[0][:96], mnist_like[1][:96]
     model = _trained_briefly(family, kind, x, y)
     probe = x[:10]
