@@ -135,7 +135,7 @@ def run(argv=None):
         "model": args.model, "noise": rate, "image_shape": list(ds.image_shape), "counts": ds.counts,
         "skipped": len(ds.skipped), "epochs": args.epochs, "epoch": state["epoch"],
         "epochs_trained": len(state["history"]) - (state.get("resumed_at") or 0),
-        "test_split": "test" if len(ds.test) else "validation",
+        "test_split": "test" if len(ds.test) else ("validation" if len(ds.valid) else None),
         "test": test, "test_reconstruction_error": error and error["mse"], "test_psnr": error and error["psnr"],
         "history": state["history"], "parameters": int(model.count_params()),
         "train_seconds": train_seconds, "time_s": None, "outputs": outputs,

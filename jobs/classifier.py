@@ -121,7 +121,7 @@ def run(argv=None):
         "counts": ds.counts, "skipped": len(ds.skipped), "chance_accuracy": _chance(ds),
         "epochs": args.epochs, "epoch": state["epoch"],
         "epochs_trained": len(state["history"]) - (state.get("resumed_at") or 0),
-        "test_split": "test" if len(ds.test) else "validation",
+        "test_split": "test" if len(ds.test) else ("validation" if len(ds.valid) else None),
         "test_accuracy": test.get("accuracy"), "test_loss": test.get("loss"),
         "validation_accuracy": state["history"][-1]["validation"].get("accuracy") if state["history"] else None,
         "history": state["history"], "parameters": int(model.count_params()),
