@@ -111,8 +111,13 @@ def run(argv=None):
     def write_montage(epoch, model):
         visual.write_png(os.path.join(montage_dir, f"epoch-{epoch:04d}.png"), _montage(model, shown, masked, rate))
 
-    if state["epoch"] == 0 and not os.path.exists(os.path.join(montage_dir, "epoch-0000.png")):
-        write_montage(0, model)  # before training: what the untrained network makes of the inputs
+    # Montages belong to the run in the checkpoints: drop those of a discarded run (--fresh, --restore) or of
+    # an epoch that was interrupted before its checkpoint, so the GIF shows this run only.
+    for path in _montage_files(montage_dir) if os.path.isdir(montage_dir) else []:
+        if state["epoch"] == 0 or int(os.path.basename(path)[6:10]) > state["epoch"]:
+            os.remove(path)
+    if state["epoch"] == 0:
+        write_montage(0, model)  # before training: what the untrained (or restored) network makes of the inputs
     train_started = time.time()
     state = course.train(model, args, ds, state, run_config, evaluate=_evaluate, on_epoch_end=write_montage,
                          labels=False)

@@ -72,6 +72,10 @@ def test_autoencoder_job_writes_montages_gif_export_and_resumes(mnist, tmp_path)
     restored = autoencoder.run(argv[:7] + [str(tmp_path / "ae2"), "--epochs", "0", "--restore", out])
     assert restored["restored_from"].endswith("epoch-0003.keras") and restored["epochs_trained"] == 0
     assert restored["test_reconstruction_error"] == pytest.approx(more["test_reconstruction_error"], rel=1e-6)
+    assert os.listdir(tmp_path / "ae2" / "montages") == ["epoch-0000.png"]
+    fresh = autoencoder.run(argv[:-4] + ["--epochs", "1", "--batch-size", "50", "--fresh"])
+    assert fresh["epochs_trained"] == 1 and "resumed_at" not in fresh
+    assert sorted(os.listdir(os.path.join(out, "montages"))) == ["epoch-0000.png", "epoch-0001.png"]
     with pytest.raises(CadlError, match="not --model vae"):
         autoencoder.run(argv[:5] + ["vae"] + argv[6:7] + [str(tmp_path / "ae3"), "--restore", out])
 
