@@ -3,13 +3,16 @@
     cadl extract --input films/ --input stills/ --output data/ --size 72x128
     cadl extract --input ~/celeba --output celeba64/ --size 64x64 --crop-factor 0.8
     cadl extract --input new.mp4 --output data/ --incremental          # add only what is new
+    cadl extract --input gs://b/films/ --output gs://b/data --runner DataflowRunner \\
+        --project P --region R --temp_location gs://b/tmp --setup_file ./setup.py
     cadl extract --input /shared/films --output /shared/data --runner FlinkRunner \\
         --flink_master host:8081 --environment_type PROCESS --setup_file ./setup.py
-    cadl extract --input /mnt/bucket/films --output /mnt/bucket/data --runner DataflowRunner \\
-        --project P --region R --temp_location gs://b/tmp --setup_file ./setup.py
 
-Inputs and output are paths on a filesystem that the driver and every worker can read (ffmpeg reads local
-files; a bucket must be mounted); URLs are refused.
+Inputs and output are local paths or URLs of any filesystem Apache Beam knows (gs://, s3://, hdfs://, ...;
+its extra must be installed, e.g. apache-beam[gcp]). With a remote runner, local paths must be on a
+filesystem that the driver and every worker share. A remote film is copied to a local file by the worker
+that decodes it (ffmpeg seeks in it); everything written goes through Beam's FileSystems (temp file, then
+rename).
 
 Options this job does not know are Beam pipeline options and pass straight through (``--runner``,
 ``--temp_location``, ``--setup_file``, ``--flink_master``, ...). Without ``--runner`` the pipeline runs on
@@ -37,14 +40,13 @@ A run with --incremental and nothing new succeeds with inputs_new 0 and writes n
 import argparse
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
 import uuid
 
 import jobs
-from pipelines import geometry, schema, sources
+from pipelines import geometry, schema, sources, storage
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl.extract")
@@ -62,9 +64,11 @@ def build_parser():
     p.add_argument("--input", action="append", required=True, metavar="PATH",
                    help="a film, an image, a folder (searched recursively for films and jpg/png/webp/bmp "
                         "images), a glob (quote it), or a CelebA root (holding img_align_celeba/ or "
-                        "img_align_celeba.zip, list_eval_partition.txt, list_attr_celeba.txt); repeatable")
+                        "img_align_celeba.zip, list_eval_partition.txt, list_attr_celeba.txt); a local path or a "
+                        "URL such as gs://bucket/films/ (any filesystem Beam knows); repeatable")
     p.add_argument("--output", required=True, metavar="DIR",
-                   help="dataset folder: shards, manifest.json, mean.png, std.png, summary.json")
+                   help="dataset folder (local or a URL such as gs://bucket/data): shards, manifest.json, "
+                        "mean.png, std.png, moments.npz, summary.json")
     g = p.add_argument_group("geometry")
     g.add_argument("--size", default="64x64", metavar="HxW",
                    help="picture size of every record, height x width in pixels, e.g. 64x64, 72x128 (16:9), "
@@ -143,7 +147,7 @@ def _settings(args, output):
         validation_fraction=args.validation_fraction, validation_block=args.validation_block,
         segment_seconds=args.segment_seconds, compression="GZIP" if args.compression == "gzip" else "",
         shard_bytes=int(args.shard_mb * 2 ** 20), num_shards=args.num_shards,
-        tmp_dir=os.path.join(output, f".cadl-extract-{uuid.uuid4().hex[:12]}"))
+        tmp_dir=storage.join(output, f".cadl-extract-{uuid.uuid4().hex[:12]}"))
 
 
 def _options_record(args, settings):
@@ -157,6 +161,9 @@ def _options_record(args, settings):
 
 
 def _check_output(output):
+    if storage.is_url(output):
+        _check_remote_output(output)
+        return
     if os.path.exists(output) and not os.path.isdir(output):
         raise CadlError(f"{output}: the output exists and is not a folder")
     try:
@@ -166,6 +173,19 @@ def _check_output(output):
         os.remove(probe)
     except OSError as e:
         raise CadlError(f"{output}: the output folder is not writable ({e.strerror or e})") from None
+
+
+def _check_remote_output(output):
+    """A URL output: not an existing file, and writable (checked by writing and deleting a small file)."""
+    if storage.isfile(output):
+        raise CadlError(f"{output}: the output exists and is not a folder")
+    probe = storage.join(output, f".cadl-write-test-{uuid.uuid4().hex[:12]}")
+    try:
+        storage.makedirs(output)
+        storage.write_bytes(probe, b"")
+        storage.delete(probe)
+    except Exception as e:  # BeamIOError, or the client library's own (permission denied, no such bucket)
+        raise CadlError(f"{output}: the output folder is not writable ({e})") from None
 
 
 def pipeline_options(beam_args):
@@ -203,14 +223,19 @@ def run(argv=None):
     started = time.time()
     args, beam_args = build_parser().parse_known_args(argv)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    for path in args.input + [args.output]:
-        if "://" in path:
-            # ffmpeg reads local files, and the manifest is written in place: a bucket must be mounted.
-            raise CadlError(f"{path}: inputs and output must be paths on a filesystem that this machine and the "
-                            "workers share (mount the bucket, e.g. with gcsfuse), not URLs")
-    output = os.path.abspath(args.output)
-    _check_output(output)
+    urls = [path for path in args.input + [args.output] if storage.is_url(path)]
+    if urls:
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        # Filesystems read their settings (--hdfs_host, --s3_region_name, ...) from the pipeline options; the
+        # driver lists inputs and writes the output before the pipeline exists.
+        FileSystems.set_options(PipelineOptions(beam_args))
+        for url in urls:
+            storage.check(url)
+    output = storage.normalize(args.output)
     settings = _settings(args, output)
+    _check_output(output)
 
     from pipelines import manifest as mf
 
@@ -256,7 +281,7 @@ def run(argv=None):
         manifest, moments, run_skipped, new_files = _finalize(args, settings, header, old, new, result, output,
                                                               skipped)
     finally:
-        shutil.rmtree(settings.tmp_dir, ignore_errors=True)
+        storage.remove_tree(settings.tmp_dir)
     skipped += run_skipped
     splits_new = {}
     for f in new_files:
@@ -277,9 +302,7 @@ def run(argv=None):
 
 
 def _write_summary(output, summary):
-    from pipelines import atomic
-
-    atomic.write_json(os.path.join(output, "summary.json"), summary)
+    storage.write_json(storage.join(output, "summary.json"), summary)
 
 
 def _load_celeba(new, known_attributes):
@@ -329,15 +352,17 @@ def _run_pipeline(settings, new, celebas, beam_args):
     log.info("extracting %d films, %d images, %d CelebA roots at %s (%s)", len(films), len(images),
              len(new) - len(films) - len(images), geometry.format_size(settings.size), settings.fit)
     options, runner = pipeline_options(beam_args)
-    os.makedirs(settings.tmp_dir, exist_ok=True)
+    storage.makedirs(settings.tmp_dir)
     pipeline = beam.Pipeline(runner=runner, options=options)
     records = pipeline | "Extract" >> extract.ExtractRecords(settings, films, images, batches)
     _ = records | "Write" >> extract.WriteDataset(settings)
     try:
         state = pipeline.run().wait_until_finish()
     except Exception:
-        shutil.rmtree(settings.tmp_dir, ignore_errors=True)
+        storage.remove_tree(settings.tmp_dir)
         raise
+    finally:
+        storage.films.clear()  # copies of remote films made by workers in this process
     report, moments = extract.read_results(settings.tmp_dir, settings.size)
     return {"report": report, "moments": moments, "attribute_names": attribute_names, "state": str(state),
             "runner": type(runner).__name__ if runner else options.get_all_options()["runner"]}
@@ -346,8 +371,6 @@ def _run_pipeline(settings, new, celebas, beam_args):
 def _finalize(args, settings, header, old, new, result, output, problems):
     """Rename the parts into shards, build and write the manifest, mean/std images. Returns
     (manifest, moments, skipped this run, [new file dicts])."""
-    from apache_beam.io.filesystems import FileSystems
-
     from pipelines import manifest as mf
     from pipelines import schema
 
@@ -377,7 +400,7 @@ def _finalize(args, settings, header, old, new, result, output, problems):
         group = [p for p in group if p["count"]]
         for i, part in enumerate(group):
             name = schema.shard_name(split, i, len(group), compressed=compressed, tag=tag)
-            FileSystems.rename([part["path"]], [os.path.join(output, name)])
+            storage.rename(part["path"], storage.join(output, name))
             new_files.append({"name": name, "split": split, "count": part["count"], "bytes": part["bytes"]})
         if group:
             splits[split] = {"count": sum(p["count"] for p in group), "files": [f["name"] for f in new_files
@@ -408,7 +431,7 @@ def _finalize(args, settings, header, old, new, result, output, problems):
     manifest.update(splits=splits, sources=sources_entry,
                     skipped=sorted(problems + skipped, key=lambda s: s["input"]),
                     attribute_names=result["attribute_names"],
-                    bytes=sum(_size(os.path.join(output, f["name"]), f["bytes"]) for f in new_files),
+                    bytes=sum(_size(storage.join(output, f["name"]), f["bytes"]) for f in new_files),
                     mean_image=mf.MEAN_IMAGE, std_image=mf.STD_IMAGE, moments=mf.MOMENTS,
                     options=_options_record(args, settings),
                     runs=[{"tag": tag, "inputs": len(new), "records": sum(f["count"] for f in new_files)}])
@@ -421,14 +444,14 @@ def _finalize(args, settings, header, old, new, result, output, problems):
         # The new manifest is in place: shards only the old one listed are garbage now.
         keep = set(mf.listed_files(manifest))
         for name in mf.listed_files(old):
-            if name not in keep and os.path.exists(os.path.join(output, name)):
-                os.remove(os.path.join(output, name))
+            if name not in keep and storage.exists(storage.join(output, name)):
+                storage.delete(storage.join(output, name))
     return manifest, moments, skipped, new_files
 
 
 def _size(path, fallback):
     try:
-        return os.path.getsize(path)
+        return storage.size(path)
     except OSError:
         return fallback
 

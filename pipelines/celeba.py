@@ -8,16 +8,20 @@ Recognised layouts of ``root`` (the folder you give):
 
 The official download's sub-folders (``Img/``, ``Eval/``, ``Anno/``) are searched too, and ``root`` may also be
 the ``img_align_celeba`` folder or zip itself (the text files are then looked for beside it). Members of the
-zip are read into memory one at a time; nothing is ever extracted to disk.
+zip are read into memory one at a time; nothing is ever extracted to disk. ``root`` may be a URL of any
+filesystem Apache Beam knows (``gs://bucket/celeba``): the folder is listed, and files and the zip are read in
+place through ``FileSystems.open``.
 
 Everything but the image store is parsed lazily, so a Beam worker that only calls ``read`` pays nothing for
 the 200,000-line attribute file.
 """
 import functools
+import io
 import os
 import threading
 import zipfile
 
+from pipelines import storage
 from pipelines.errors import CadlError
 
 IMAGES = "img_align_celeba"
@@ -25,11 +29,14 @@ PARTITION_FILE = "list_eval_partition.txt"
 ATTRIBUTE_FILE = "list_attr_celeba.txt"
 _PARTITIONS = {"0": "train", "1": "validation", "2": "test"}
 _SUBFOLDERS = ("", "Img", "Eval", "Anno")
+SUBFOLDERS = _SUBFOLDERS[1:]  # the official download's sub-folders
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def find_images(root):
     """(folder, zip) holding CelebA's aligned images under ``root`` (one of them None), or (None, None)."""
+    if storage.is_url(os.fspath(root)):
+        return _find_remote_images(storage.normalize(root))
     root = os.path.abspath(os.fspath(root))
     base = os.path.basename(root.rstrip(os.sep))
     if os.path.isdir(root) and base == IMAGES:
@@ -46,6 +53,21 @@ def find_images(root):
     return None, None
 
 
+def _find_remote_images(root):
+    base = storage.basename(root)
+    if base == IMAGES and storage.isdir(root):
+        return root, None
+    if base == IMAGES + ".zip" and storage.isfile(root):
+        return None, root
+    for sub in _SUBFOLDERS:
+        folder = storage.join(root, sub, IMAGES)
+        if storage.isdir(folder):
+            return folder, None
+        if storage.isfile(folder + ".zip"):
+            return None, folder + ".zip"
+    return None, None
+
+
 def is_celeba_root(path):
     """True when ``path`` looks like a CelebA root (or its image folder / zip)."""
     folder, archive = find_images(path)
@@ -56,7 +78,7 @@ class CelebA:
     """Read-only view of a CelebA root. Raises ``CadlError`` naming the expected files if it is not one."""
 
     def __init__(self, root):
-        self.root = os.path.abspath(os.fspath(root))
+        self.root = storage.normalize(root)
         self.image_folder, self.zip_path = find_images(self.root)
         if self.image_folder is None and self.zip_path is None:
             raise CadlError(f"{self.root}: not a CelebA root: expected {IMAGES}/ (a folder of .jpg files) or "
@@ -64,11 +86,11 @@ class CelebA:
                             f"{ATTRIBUTE_FILE}")
         store = self.image_folder or self.zip_path
         # The text files live beside the image store, or in the official Eval/ and Anno/ sub-folders.
-        parent = os.path.dirname(store)
-        if os.path.basename(parent) == "Img":
-            parent = os.path.dirname(parent)
-        self._text_dirs = [parent] + [os.path.join(parent, sub) for sub in _SUBFOLDERS[1:]]
-        self._zip = None
+        parent = storage.dirname(store)
+        if storage.basename(parent) == "Img":
+            parent = storage.dirname(parent)
+        self._text_dirs = [parent] + [storage.join(parent, sub) for sub in SUBFOLDERS]
+        self._zip = self._zip_stream = None
         self._members = None
         self._lock = threading.Lock()
 
@@ -81,6 +103,9 @@ class CelebA:
     @functools.cached_property
     def names(self):
         """Sorted image file names, e.g. ``["000001.jpg", "000002.jpg", ...]``."""
+        if self.image_folder and storage.is_url(self.image_folder):
+            return [n for n in storage.listdir(self.image_folder)
+                    if n.lower().endswith(_IMAGE_EXTENSIONS) and not n.startswith(".")]
         if self.image_folder:
             with os.scandir(self.image_folder) as entries:
                 return sorted(e.name for e in entries
@@ -95,7 +120,7 @@ class CelebA:
         if path is None:
             return None
         out = {}
-        with open(path) as f:
+        with _open_text(path) as f:
             for number, line in enumerate(f, 1):
                 fields = line.split()
                 if not fields:
@@ -110,7 +135,7 @@ class CelebA:
         path = self._text_file(ATTRIBUTE_FILE)
         if path is None:
             return [], {}
-        with open(path) as f:
+        with _open_text(path) as f:
             lines = f.read().splitlines()
         # Line 1: the image count; line 2: the attribute names; then "<name> -1 1 ..." per image.
         if len(lines) < 2:
@@ -147,6 +172,8 @@ class CelebA:
         """The encoded bytes of image ``name`` (as stored: JPEG for the aligned set)."""
         if os.sep in name or "/" in name or name.startswith("."):
             raise CadlError(f"{self.store}: {name!r} is not a CelebA image name")
+        if self.image_folder and storage.is_url(self.image_folder):
+            return storage.read_bytes(storage.join(self.image_folder, name))
         if self.image_folder:
             path = os.path.join(self.image_folder, name)
             try:
@@ -164,6 +191,9 @@ class CelebA:
         if self._zip is not None:
             self._zip.close()
             self._zip = None
+        if self._zip_stream is not None:
+            self._zip_stream.close()
+            self._zip_stream = None
 
     def __getstate__(self):
         # Picklable for Beam: the open zip handle stays behind; lazily parsed tables are re-read if needed.
@@ -172,20 +202,25 @@ class CelebA:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._zip, self._members, self._lock = None, None, threading.Lock()
+        self._zip, self._zip_stream, self._members, self._lock = None, None, None, threading.Lock()
 
     # -- internals ----------------------------------------------------------------------------------------
     def _text_file(self, name):
         for folder in self._text_dirs:
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
+            path = storage.join(folder, name)
+            if storage.isfile(path):
                 return path
         return None
 
     def _open_zip(self):
         if self._zip is None:
             try:
-                self._zip = zipfile.ZipFile(self.zip_path)
+                if storage.is_url(self.zip_path):
+                    # Read in place: ZipFile seeks in Beam's stream, fetching the members it is asked for.
+                    self._zip_stream = storage.open_read(self.zip_path)
+                    self._zip = zipfile.ZipFile(self._zip_stream)
+                else:
+                    self._zip = zipfile.ZipFile(self.zip_path)
             except (zipfile.BadZipFile, OSError) as e:
                 raise CadlError(f"{self.zip_path}: not a readable zip file ({e})") from None
         return self._zip
@@ -202,3 +237,9 @@ class CelebA:
                         members[base] = info.filename
                 self._members = members
         return self._members
+
+
+def _open_text(path):
+    """A text file (local or URL) to read lines from; bytes that are not UTF-8 become U+FFFD, so a damaged
+    file fails the line checks with a message naming the file instead of a UnicodeDecodeError."""
+    return io.StringIO(storage.read_bytes(path).decode("utf-8", errors="replace"))

@@ -12,6 +12,12 @@ becomes many segments (separate work items), so every worker decodes a piece of 
 is one frame per worker whatever the film's length: records never pass through a shuffle in the default
 sharding, they are written by the worker that decoded them.
 
+Inputs and the output may be URLs of any filesystem Beam knows (``gs://``, ``s3://``, ``hdfs://``): the
+worker that plans or decodes a remote film first copies it to a local file (``storage.films``: one copy per
+worker process, reused by its later segments of that film), because ffmpeg seeks in the file; stills and
+CelebA's zip are read in place through ``FileSystems.open``; shards and the run's report are written with
+``FileSystems.create``.
+
 Neither the driver nor the workers import TensorFlow (2 s and ~0.6 GB per process): ``RecordEncoder`` writes
 the ``tf.train.Example`` wire format of the schema's features directly (tests check it parses to the same
 Example as ``schema.encode_record``), and ``TFRecordFile`` frames records with google-crc32c.
@@ -26,6 +32,8 @@ import os
 import struct
 import subprocess
 import uuid
+import zipfile
+import zlib
 from fractions import Fraction
 
 import apache_beam as beam
@@ -36,8 +44,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines import geometry, media, schema
+from pipelines import geometry, media, schema, storage
 from pipelines.celeba import CelebA
+from pipelines.errors import CadlError
 from pipelines.synthetic import ffmpeg_exe
 
 log = logging.getLogger("cadl.extract")
@@ -304,15 +313,32 @@ class PlanFilm(beam.DoFn):
         self.segments = Metrics.counter(_NAMESPACE, "film_segments")
 
     def process(self, item):
+        if not storage.is_url(item.path):
+            yield from self._plan(item, item.path)
+            return
+        # A remote film: probed and scanned for keyframes here, in a local copy that this worker's decoders
+        # of the film's segments may reuse.
+        try:
+            local = storage.films.acquire(item.path, item.size)
+        except OSError as e:
+            yield _skip(self.bad, item.path, f"cannot read ({e})")
+            return
+        try:
+            yield from self._plan(item, local)
+        finally:
+            storage.films.release(item.path, item.size)
+
+    def _plan(self, item, local):
+        """``local``: the film's path, or the path of its local copy."""
         s = self.settings
-        if _is_text(item.path):
+        if _is_text(local):
             # ffmpeg's "tty" demuxer would happily render a text file as a film of ANSI art.
             yield _skip(self.bad, item.path, "not media (a text file)")
             return
         try:
-            info = media.probe(item.path)
+            info = media.probe(local)
         except media.MediaError as e:
-            yield _skip(self.bad, item.path, str(e).replace(f"{item.path}: ", "", 1))
+            yield _skip(self.bad, item.path, str(e).replace(f"{local}: ", "", 1))
             return
         tb = info.time_base
         # Frames lo..hi-1 lie in [start, end) seconds from the first frame.
@@ -340,8 +366,8 @@ class PlanFilm(beam.DoFn):
             # work item stays small however long the film is.
             window = _PtsWindow(info.pts, max(0, a - 1), b)
             self.segments.inc()
-            yield {"path": item.path, "info": dataclasses.replace(info, pts=window), "start": a, "stop": b,
-                   "first": lo, "blocks": blocks, "number": number, "of": len(ranges)}
+            yield {"path": item.path, "size": item.size, "info": dataclasses.replace(info, path=item.path, pts=window),
+                   "start": a, "stop": b, "first": lo, "blocks": blocks, "number": number, "of": len(ranges)}
 
 
 def keyframe_indices(info):
@@ -459,13 +485,32 @@ class DecodeFilmSegment(beam.DoFn):
         self.encode = _Encode(self.settings)
 
     def process(self, segment):
-        s, path, info = self.settings, segment["path"], segment["info"]
+        path = segment["path"]
+        if not storage.is_url(path):
+            yield from self._decode(segment, segment["info"])
+            return
+        try:
+            local = storage.films.acquire(path, segment.get("size"))
+        except OSError as e:
+            self.failed.inc()
+            log.warning("%s: cannot read (%s)", path, e)
+            yield beam.pvalue.TaggedOutput("report", ("segment_error", path, f"cannot read ({e})"))
+            yield beam.pvalue.TaggedOutput("report", ("count", path, 0))
+            return
+        try:
+            yield from self._decode(segment, dataclasses.replace(segment["info"], path=local))
+        finally:
+            storage.films.release(path, segment.get("size"))
+
+    def _decode(self, segment, info):
+        """``info.path``: the film, or its local copy; records name ``segment["path"]``."""
+        s, path = self.settings, segment["path"]
         keep = _selected(segment, s)
         prefixes = {split: self.encoder.prefix(path, split) for split in ("train", "validation")}
         blocks, moments, count = segment["blocks"], _Moments(s.size), 0
         try:
-            for index, timestamp, rgb in media.read_frames(path, s.size, s.fit, segment["start"], segment["stop"],
-                                                           info=info, threads=s.decoder_threads):
+            for index, timestamp, rgb in media.read_frames(info.path, s.size, s.fit, segment["start"],
+                                                           segment["stop"], info=info, threads=s.decoder_threads):
                 if keep is not None and index not in keep:
                     continue
                 split = "validation" if blocks and int(timestamp // s.validation_block) in blocks else "train"
@@ -476,8 +521,9 @@ class DecodeFilmSegment(beam.DoFn):
         except media.MediaError as e:
             # A damaged stretch of film (truncated file, corrupt GOP): the rest of the film still counts.
             self.failed.inc()
-            log.warning("%s", e)
-            yield beam.pvalue.TaggedOutput("report", ("segment_error", path, str(e).replace(f"{path}: ", "", 1)))
+            reason = str(e).replace(f"{info.path}: ", "", 1)
+            log.warning("%s: %s", path, reason)
+            yield beam.pvalue.TaggedOutput("report", ("segment_error", path, reason))
         self.records.inc(count)
         log.info("%s: segment %d/%d done (frames %d-%d, %d records)", os.path.basename(path), segment["number"],
                  segment["of"], segment["start"], segment["stop"] - 1, count)
@@ -521,12 +567,17 @@ class DecodeStills(beam.DoFn):
         else:
             factor = 1.0 if s.crop_factor is None else s.crop_factor
             work = [(item.path, item.path, item.path, still_split(item.rel, s.validation_fraction), (),
-                     lambda p=item.path: _read_file(p)) for item in batch["items"]]
+                     lambda p=item.path: storage.read_bytes(p)) for item in batch["items"]]
         for where, source, owner, split, attrs, read in work:
             try:
                 data = read()
             except OSError as e:
                 yield _skip(self.bad, where, f"cannot read ({e.strerror or e})")
+                continue
+            except (CadlError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+                # A damaged member of CelebA's zip (bad CRC, broken deflate data) or a picture gone since the
+                # listing: that picture is skipped, not the job.
+                yield _skip(self.bad, where, f"cannot read ({e})")
                 continue
             bgr, reason = decode_still(data)
             if bgr is None:
@@ -546,11 +597,6 @@ class DecodeStills(beam.DoFn):
             yield beam.pvalue.TaggedOutput("report", ("count", owner, n))
         if moments.count:
             yield beam.pvalue.TaggedOutput("moments", moments.value())
-
-
-def _read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def decode_still(data):

@@ -12,14 +12,18 @@
 
 ``moments.npz`` keeps the exact per-pixel count / sum / sum of squares (int64) so that an incremental run can
 update ``mean.png`` and ``std.png`` without reading the old shards again.
+
+A dataset folder may be a URL of any filesystem Apache Beam knows (``gs://bucket/data``): every file here is
+read and written through ``pipelines.storage`` (atomically: a temp file, then a rename).
 """
+import gzip
 import io
-import os
+import struct
 
 import cv2
 import numpy as np
 
-from pipelines import atomic, schema
+from pipelines import schema, storage
 from pipelines.errors import CadlError
 
 MEAN_IMAGE = "mean.png"
@@ -30,16 +34,16 @@ _COMPATIBLE = ("schema_version", "image", "compression")
 
 
 def path(folder):
-    return os.path.join(folder, schema.MANIFEST)
+    return storage.join(folder, schema.MANIFEST)
 
 
 def read(folder):
     """The manifest of ``folder``, or None when there is none. Raises ``CadlError`` when it is unusable."""
     file = path(folder)
-    if not os.path.exists(file):
+    if not storage.exists(file):
         return None
     try:
-        manifest = atomic.read_json(file)
+        manifest = storage.read_json(file)
     except (OSError, ValueError) as e:
         raise CadlError(f"{file}: not a readable manifest ({e})") from None
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
@@ -49,7 +53,7 @@ def read(folder):
 
 
 def write(folder, manifest):
-    atomic.write_json(path(folder), manifest)
+    storage.write_json(path(folder), manifest)
 
 
 def already_extracted(manifest, inputs):
@@ -123,10 +127,10 @@ def add_moments(a, b):
 
 
 def read_moments(folder, height, width, channels=3):
-    file = os.path.join(folder, MOMENTS)
-    if not os.path.exists(file):
+    file = storage.join(folder, MOMENTS)
+    if not storage.exists(file):
         return empty_moments(height, width, channels)
-    with np.load(file) as z:
+    with np.load(io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file) as z:
         return {"count": int(z["count"]), "sum": z["sum"].astype(np.int64), "sumsq": z["sumsq"].astype(np.int64)}
 
 
@@ -134,12 +138,12 @@ def write_moments(folder, moments):
     """Write ``moments.npz``, ``mean.png`` and ``std.png`` (uint8 RGB at the dataset's size)."""
     buffer = io.BytesIO()
     np.savez(buffer, count=np.int64(moments["count"]), sum=moments["sum"], sumsq=moments["sumsq"])
-    atomic.write_bytes(os.path.join(folder, MOMENTS), buffer.getvalue())
+    storage.write_bytes(storage.join(folder, MOMENTS), buffer.getvalue())
     mean, std = mean_std(moments)
     for name, image in ((MEAN_IMAGE, mean), (STD_IMAGE, std)):
         rgb = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        atomic.write_bytes(os.path.join(folder, name), png.tobytes())
+        storage.write_bytes(storage.join(folder, name), png.tobytes())
 
 
 def mean_std(moments):
@@ -153,17 +157,48 @@ def mean_std(moments):
 def read_records(folder, split=None):
     """Every record of a dataset folder (or of one split) as ``schema.decode_record`` dicts, in shard order.
 
-    For tests and tools; training reads the shards with tf.data instead.
+    For tests and tools; training reads the shards with tf.data instead. A URL's shards are read through
+    Beam's FileSystems (so any filesystem Beam knows works, not only those TensorFlow knows).
     """
-    import tensorflow as tf
-
     manifest = read(folder)
     if manifest is None:
         raise CadlError(f"{path(folder)}: no manifest")
     out = []
     for name in schema.SPLITS if split is None else [split]:
-        files = [os.path.join(folder, f) for f in manifest["splits"].get(name, {}).get("files", [])]
-        if files:
+        files = [storage.join(folder, f) for f in manifest["splits"].get(name, {}).get("files", [])]
+        if files and storage.is_url(folder):
+            for file in files:
+                data = storage.read_bytes(file)
+                data = gzip.decompress(data) if manifest["compression"] == "GZIP" else data
+                out += [schema.decode_record(raw) for raw in tfrecords(data)]
+        elif files:
+            import tensorflow as tf
+
             for raw in tf.data.TFRecordDataset(files, compression_type=manifest["compression"] or None):
                 out.append(schema.decode_record(raw.numpy()))
     return out
+
+
+def tfrecords(data):
+    """The records of an uncompressed TFRecord file's bytes: (length, masked CRC32C of the length, data, masked
+    CRC32C of the data) each; raises ``ValueError`` at a cut-off record or a wrong checksum."""
+    import google_crc32c
+
+    def masked(chunk):
+        crc = google_crc32c.value(chunk)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    at = 0
+    while at < len(data):
+        if at + 12 > len(data):
+            raise ValueError(f"a TFRecord header is cut off at byte {at}")
+        (length,) = struct.unpack_from("<Q", data, at)
+        (length_crc,) = struct.unpack_from("<I", data, at + 8)
+        start, at = at + 12, at + 12 + length + 4
+        if at > len(data):
+            raise ValueError(f"a TFRecord of {length} bytes is cut off at byte {start}")
+        record = data[start:start + length]
+        if masked(data[start - 12:start - 4]) != length_crc or masked(record) != struct.unpack_from("<I", data,
+                                                                                                     at - 4)[0]:
+            raise ValueError(f"the TFRecord at byte {start - 12} fails its checksum")
+        yield record

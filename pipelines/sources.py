@@ -10,12 +10,17 @@ Three kinds of input:
 Hidden files and folders (names starting with ".") are ignored, and so are files of other types found while
 searching a folder (a folder of films may hold subtitles). Paths that match nothing are reported as problems,
 not errors, so one mistyped path does not stop a batch.
+
+A ``--input`` may also be a URL of any filesystem Apache Beam knows (``gs://bucket/films/``,
+``s3://bucket/stills/*.jpg``, ``hdfs://...``): it is listed with ``FileSystems.match``, a folder being every
+file under that prefix, with the same rules as a local folder. Sizes and modification times then come from
+the listing, and the input's path (the manifest's key) is its URL.
 """
 import dataclasses
 import glob
 import os
 
-from pipelines import celeba
+from pipelines import celeba, storage
 from pipelines.media import FILM_EXTENSIONS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -24,7 +29,7 @@ KINDS = ("film", "image", "celeba")
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Input:
-    path: str          # absolute path: the manifest's key for the input
+    path: str          # absolute path or URL: the manifest's key for the input
     kind: str          # "film" | "image" | "celeba"
     size: int          # bytes (CelebA: of the zip, or of all images in the folder)
     mtime: float       # modification time, seconds since the epoch (CelebA folder: the newest image)
@@ -41,9 +46,14 @@ def discover(specs, exclude=()):
     Folders in ``exclude`` (the output folder: its mean.png and std.png are not inputs) are not searched.
     """
     found, problems = {}, []
-    skip = {os.path.abspath(e) for e in exclude}
+    skip = {os.path.abspath(e) for e in exclude if not storage.is_url(e)}
+    remote_skip = [storage.normalize(e) for e in exclude if storage.is_url(e)]
     for spec in specs:
-        spec = os.path.expanduser(os.fspath(spec))
+        spec = os.fspath(spec)
+        if storage.is_url(spec):
+            _add_url(spec, found, problems, remote_skip)
+            continue
+        spec = os.path.expanduser(spec)
         if any(c in spec for c in "*?[") and not os.path.exists(spec):
             matches = sorted(glob.glob(spec, recursive=True))
             if not matches:
@@ -51,6 +61,8 @@ def discover(specs, exclude=()):
             for match in matches:
                 if not _inside(match, skip):
                     _add_path(match, os.path.dirname(os.path.abspath(match)), found, problems, skip)
+        elif os.path.exists(spec) and _inside(spec, skip):
+            problems.append((os.path.abspath(spec), "inside the output folder: not searched for inputs"))
         elif os.path.exists(spec):
             _add_path(spec, None, found, problems, skip)
         else:
@@ -125,3 +137,89 @@ def _celeba_input(path):
                     mtime = max(mtime, st.st_mtime)
     root = os.path.abspath(path)
     return Input(path=root, kind="celeba", size=size, mtime=mtime, rel=os.path.basename(root))
+
+
+# -- URLs (any filesystem Beam knows) ----------------------------------------------------------------------
+def _add_url(spec, found, problems, skip):
+    def excluded(path):
+        return any(storage.inside(path, s) for s in skip)
+
+    try:
+        if any(c in spec for c in "*?["):
+            matches = [m for m in storage.match(spec) if not excluded(m.path)]
+            if not matches:
+                problems.append((spec, "no file matches this pattern"))
+            for meta in matches:
+                if not storage.basename(meta.path).startswith("."):
+                    _add_url_file(meta, storage.basename(meta.path), found)
+            return
+        url = storage.normalize(spec)
+        if excluded(url):
+            problems.append((url, "inside the output folder: not searched for inputs"))
+        elif storage.isdir(url):
+            _add_url_folder(url, [m for m in storage.walk(url) if not excluded(m.path)], found, problems)
+        else:
+            matches = storage.match(url)
+            if not matches:
+                problems.append((url, "no such file or folder"))
+            else:
+                _add_url_file(matches[0], storage.basename(url), found)
+    except OSError as e:  # BeamIOError: the listing itself failed (permissions, no such bucket)
+        problems.append((spec, f"cannot list it ({e})"))
+
+
+def _add_url_file(meta, rel, found):
+    name = storage.basename(meta.path)
+    if name == celeba.IMAGES + ".zip":
+        _add(found, _celeba_url_input(meta.path))
+        return
+    kind = "image" if name.lower().endswith(IMAGE_EXTENSIONS) else "film"
+    _add(found, _url_input(meta, kind, rel))
+
+
+def _add_url_folder(url, files, found, problems):
+    """Like ``_walk`` for a listing: hidden names skipped, CelebA roots taken whole, films and stills kept."""
+    entries = []
+    for meta in files:
+        parts = storage.relative(meta.path, url).split("/")
+        if not any(p.startswith(".") for p in parts):
+            entries.append((parts, meta))
+    roots = {()} if storage.basename(url) == celeba.IMAGES else set()
+    for parts, _ in entries:
+        for j, part in enumerate(parts):
+            if (part == celeba.IMAGES and j < len(parts) - 1) or (part == celeba.IMAGES + ".zip" and
+                                                                    j == len(parts) - 1):
+                # The root holds img_align_celeba(.zip) directly or in Img/ (Eval/, Anno/), as find_images says.
+                k = j - 1 if j >= 1 and parts[j - 1] in celeba.SUBFOLDERS else j
+                roots.add(tuple(parts[:k]))
+                break
+    roots = {r for r in roots if not any(r[:i] in roots for i in range(len(r)))}  # the outermost root wins
+    before = len(found)
+    for root in sorted(roots):
+        _add(found, _celeba_url_input("/".join((url,) + root)))
+    for parts, meta in entries:
+        if any(tuple(parts[:len(r)]) == r for r in roots):
+            continue
+        lower = parts[-1].lower()
+        if lower.endswith(IMAGE_EXTENSIONS):
+            _add(found, _url_input(meta, "image", "/".join(parts)))
+        elif lower.endswith(FILM_EXTENSIONS):
+            _add(found, _url_input(meta, "film", "/".join(parts)))
+    if len(found) == before:
+        problems.append((url, "no films, images or CelebA found in this folder"))
+
+
+def _url_input(meta, kind, rel):
+    return Input(path=meta.path, kind=kind, size=meta.size_in_bytes,
+                 mtime=float(meta.last_updated_in_seconds or 0.0), rel=rel)
+
+
+def _celeba_url_input(root):
+    folder, archive = celeba.find_images(root)
+    if archive:
+        size, mtime = storage.metadata(archive)
+    else:
+        listed = storage.match(folder + "/*")
+        size = sum(m.size_in_bytes for m in listed)
+        mtime = max((float(m.last_updated_in_seconds or 0.0) for m in listed), default=0.0)
+    return Input(path=root, kind="celeba", size=size, mtime=mtime, rel=storage.basename(root))

@@ -122,6 +122,65 @@ def test_bad_option_values_are_one_line_errors(short_film, tmp_path):
             extract.run(["--input", str(short_film), "--output", str(tmp_path / "x")] + argv)
 
 
-def test_urls_are_refused_with_a_clear_message(tmp_path):
-    with pytest.raises(CadlError, match="gs://bucket/films: inputs and output must be paths"):
-        extract.run(["--input", "gs://bucket/films", "--output", str(tmp_path / "x")])
+def test_a_url_without_a_beam_filesystem_is_a_clear_error(short_film, tmp_path):
+    with pytest.raises(CadlError, match="nosuchfs://bucket/films: Apache Beam has no filesystem for nosuchfs://"):
+        extract.run(["--input", "nosuchfs://bucket/films", "--output", str(tmp_path / "x")])
+    with pytest.raises(CadlError, match="nosuchfs://bucket/data: Apache Beam has no filesystem"):
+        extract.run(["--input", str(short_film), "--output", "nosuchfs://bucket/data"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_bad_option_creates_no_output_folder(short_film, tmp_path):
+    with pytest.raises(CadlError, match="--size"):
+        extract.run(["--input", str(short_film), "--output", str(tmp_path / "x"), "--size", "big"])
+    assert not (tmp_path / "x").exists()
+
+
+def _celeba_zip(path, damaged=None):
+    """A CelebA zip of five stored (uncompressed) JPEGs; ``damaged``: the member whose bytes get overwritten."""
+    import zipfile
+
+    pictures = {f"{i:06d}.jpg": cv2.imencode(".jpg", np.full((44, 36, 3), 40 * i, np.uint8))[1].tobytes()
+                for i in range(1, 6)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in pictures.items():
+            z.writestr(f"img_align_celeba/{name}", data)
+    if damaged:
+        data = bytearray(path.read_bytes())
+        at = data.index(pictures[damaged]) + 100
+        data[at:at + 16] = bytes(16)
+        path.write_bytes(bytes(data))
+    return pictures
+
+
+def test_a_damaged_member_of_celeba_zip_skips_that_picture_only(tmp_path):
+    _celeba_zip(tmp_path / "celeba" / "img_align_celeba.zip", damaged="000003.jpg")
+    out = tmp_path / "data"
+    summary = extract.run(["--input", str(tmp_path / "celeba"), "--output", str(out), "--size", "16x16"])
+    assert summary["records_new"] == 4 and summary["inputs_extracted"] == 1
+    [entry] = summary["skipped"]
+    assert entry["input"] == f"{tmp_path / 'celeba'}/000003.jpg" and "Bad CRC-32" in entry["reason"]
+    assert sorted(r["source"] for r in mf.read_records(out)) == ["000001.jpg", "000002.jpg", "000004.jpg",
+                                                                 "000005.jpg"]
+
+
+def test_celeba_text_file_that_is_not_text_is_skipped_like_bad_input(short_film, tmp_path):
+    _celeba_zip(tmp_path / "celeba" / "img_align_celeba.zip")
+    (tmp_path / "celeba" / "list_eval_partition.txt").write_bytes(b"\xff\xfe\x00junk 7\n" * 10)
+    summary = extract.run(["--input", str(tmp_path / "celeba"), "--input", str(short_film),
+                           "--output", str(tmp_path / "data"), "--size", "16x16"])
+    assert summary["records_new"] == 75
+    [entry] = summary["skipped"]
+    assert entry["input"] == str(tmp_path / "celeba") and "list_eval_partition.txt: line 1" in entry["reason"]
+
+
+def test_the_output_folder_is_never_an_input(short_film, tmp_path):
+    out = tmp_path / "data"
+    extract.run(["--input", str(short_film), "--output", str(out), "--size", "16x16"])
+    # Naming the dataset folder itself (or a file in it) as an input finds nothing there: not mean.png.
+    summary = extract.run(["--input", str(short_film), "--input", str(out), "--input", str(out / "mean.png"),
+                           "--output", str(out), "--size", "16x16"])
+    assert summary["inputs_found"] == 1 and summary["records_new"] == 75
+    assert {s["input"] for s in summary["skipped"]} == {str(out), str(out / "mean.png")}
+    assert all("output folder" in s["reason"] for s in summary["skipped"])
