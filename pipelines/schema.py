@@ -17,7 +17,6 @@ A dataset folder holds shards named ``{split}-{shard:05d}-of-{n:05d}.tfrecord`` 
 GZIP-compressed, possibly with a run tag before the shard number for incremental additions) and a
 ``manifest.json`` that lists them, so the reader never globs.
 """
-import importlib
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "validation", "test")
@@ -46,36 +45,38 @@ FEATURE_NAMES = tuple(_FEATURE_TYPES)
 def __getattr__(name):
     # PEP 562: ``schema.FEATURES`` and ``schema.tf`` import TensorFlow only when first asked for.
     if name == "tf":
-        return importlib.import_module("tensorflow")
+        import tensorflow
+
+        return tensorflow
     if name == "FEATURES":
         return _features()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _features():
-    tf = importlib.import_module("tensorflow")
+    import tensorflow as tf  # on first use; a plain import, which AutoGraph traces without warnings
     return {k: (getattr(tf, dtype), length) for k, (dtype, length) in _FEATURE_TYPES.items()}
 
 
 def _bytes(values):
-    tf = importlib.import_module("tensorflow")
+    import tensorflow as tf
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
 
 def _ints(values):
-    tf = importlib.import_module("tensorflow")
+    import tensorflow as tf
     return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
 
 
 def _floats(values):
-    tf = importlib.import_module("tensorflow")
+    import tensorflow as tf
     return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
 def encode_record(image, *, fmt, height, width, channels, source, frame_index=0, timestamp=0.0,
                   split="train", attributes=()):
     """Serialize one record. ``image`` is the encoded picture; returns the Example's bytes."""
-    tf = importlib.import_module("tensorflow")
+    import tensorflow as tf
     if fmt not in IMAGE_FORMATS:
         raise ValueError(f"image format must be one of {IMAGE_FORMATS}, not {fmt!r}")
     if split not in SPLITS:
@@ -98,7 +99,7 @@ def encode_record(image, *, fmt, height, width, channels, source, frame_index=0,
 
 def feature_spec():
     """The ``tf.io.parse_*example`` spec for FEATURES."""
-    tf = importlib.import_module("tensorflow")
+    import tensorflow as tf
     spec = {}
     for name, (dtype, length) in _features().items():
         if length is None:
@@ -110,7 +111,7 @@ def feature_spec():
 
 def parse_records(serialized):
     """Parse a batch (or a scalar) of serialized records inside a tf.data pipeline; images stay encoded."""
-    tf = importlib.import_module("tensorflow")
+    import tensorflow as tf
     parsed = tf.io.parse_example(serialized, feature_spec())
     parsed["attributes"] = tf.sparse.to_dense(parsed["attributes"])
     return parsed
@@ -118,7 +119,7 @@ def parse_records(serialized):
 
 def decode_record(serialized):
     """Parse one record in plain Python (tests, tools): a dict of Python values, image still encoded."""
-    tf = importlib.import_module("tensorflow")
+    import tensorflow as tf
     example = tf.train.Example.FromString(serialized)
     out = {}
     for name, (dtype, length) in _features().items():
