@@ -145,25 +145,22 @@ def _add_url(spec, found, problems, skip):
         return any(storage.inside(path, s) for s in skip)
 
     try:
-        if any(c in spec for c in "*?["):
+        url = storage.normalize(spec)
+        if any(c in spec for c in "*?[") and not (storage.exists(url) or storage.isdir(url)):
             matches = [m for m in storage.match(spec) if not excluded(m.path)]
             if not matches:
                 problems.append((spec, "no file matches this pattern"))
             for meta in matches:
                 if not storage.basename(meta.path).startswith("."):
                     _add_url_file(meta, storage.basename(meta.path), found)
-            return
-        url = storage.normalize(spec)
-        if excluded(url):
+        elif excluded(url):
             problems.append((url, "inside the output folder: not searched for inputs"))
         elif storage.isdir(url):
             _add_url_folder(url, [m for m in storage.walk(url) if not excluded(m.path)], found, problems)
+        elif storage.exists(url):
+            _add_url_file(storage.file_metadata(url), storage.basename(url), found)
         else:
-            matches = storage.match(url)
-            if not matches:
-                problems.append((url, "no such file or folder"))
-            else:
-                _add_url_file(matches[0], storage.basename(url), found)
+            problems.append((url, "no such file or folder"))
     except OSError as e:  # BeamIOError: the listing itself failed (permissions, no such bucket)
         problems.append((spec, f"cannot list it ({e})"))
 
@@ -219,7 +216,7 @@ def _celeba_url_input(root):
     if archive:
         size, mtime = storage.metadata(archive)
     else:
-        listed = storage.match(folder + "/*")
+        listed = storage.children(folder)
         size = sum(m.size_in_bytes for m in listed)
         mtime = max((float(m.last_updated_in_seconds or 0.0) for m in listed), default=0.0)
     return Input(path=root, kind="celeba", size=size, mtime=mtime, rel=storage.basename(root))

@@ -8,16 +8,18 @@ of the same film on that worker does not download it again.
 
     is_url(path)                   "scheme://..." (any scheme; see ``check`` for whether Beam has it here)
     join, basename, dirname        path arithmetic that keeps "gs://bucket/" intact
-    exists, isdir, size            isdir: a folder, or a prefix with objects under it (buckets have no folders)
+    exists, isdir, isfile, size    isdir: a folder, or a prefix with objects under it (buckets have no folders)
     read_bytes, open_read          whole file / a seekable binary stream (zip files are read in place)
     write_bytes, write_json        atomic: a sibling temp file, then a rename (os.replace locally)
     rename, delete, remove_tree    rename overwrites (HDFS refuses to: the old file is removed first)
-    walk(folder)                   every file under a folder URL, recursively ([FileMetadata])
+    walk, children, listdir        files under a folder URL: all of them / those directly in it ([FileMetadata])
+    match(pattern), escape(path)   glob URLs ("*" within a folder, "**" across); a name with "[" taken literally
     films                          the worker's ``LocalCopies`` of remote films
 """
 import atexit
 import collections
 import contextlib
+import itertools
 import json
 import os
 import posixpath
@@ -105,6 +107,11 @@ def inside(path, folder):
 
 
 # -- reading --------------------------------------------------------------------------------------------
+def escape(path):
+    """``path`` as a Beam match pattern that matches only itself ("Film [1080p].mkv": "[" is a wildcard)."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
 def exists(path):
     return _fs().exists(path) if is_url(path) else os.path.exists(path)
 
@@ -114,13 +121,9 @@ def isdir(path):
     if not is_url(path):
         return os.path.isdir(path)
     try:
-        # Object stores list a prefix recursively ("**": a folder may hold only sub-folders); filesystems
-        # with folders list one level, sub-folders included.
-        below = "/*" if _fs().get_filesystem(path).has_dirs() else "/**"
-        [result] = _fs().match([path.rstrip("/") + below], limits=[1])
+        return bool(_listing(path, recursive=True, limit=1))
     except Exception:  # listing a file (HDFS) or a missing folder: not a folder
         return False
-    return bool(result.metadata_list)
 
 
 def isfile(path):
@@ -132,18 +135,18 @@ def isfile(path):
 def size(path):
     if not is_url(path):
         return os.path.getsize(path)
-    [result] = _fs().match([path])
-    if not result.metadata_list:
-        raise FileNotFoundError(f"{path}: no such file")
-    return result.metadata_list[0].size_in_bytes
+    return file_metadata(path).size_in_bytes
+
+
+def file_metadata(path):
+    """Beam's ``FileMetadata`` (path, size_in_bytes, last_updated_in_seconds) of a file URL; ``OSError`` when
+    there is no such file."""
+    return _remote(path, lambda: _fs().get_filesystem(path).metadata(path))
 
 
 def metadata(path):
     """(size in bytes, modification time in seconds since the epoch) of a file URL."""
-    [result] = _fs().match([path])
-    if not result.metadata_list:
-        raise FileNotFoundError(f"{path}: no such file")
-    meta = result.metadata_list[0]
+    meta = file_metadata(path)
     return meta.size_in_bytes, float(meta.last_updated_in_seconds or 0.0)
 
 
@@ -172,10 +175,30 @@ def _remote(path, call):
         raise OSError(f"{path}: {type(e).__name__}: {e}") from e
 
 
+def _listing(folder, recursive, limit=None):
+    """``FileMetadata`` under a folder URL: on object stores (gs, s3) the files under the prefix, all of them
+    or (not ``recursive``) those directly in it; on filesystems with folders (hdfs) one level, sub-folders
+    included (``recursive`` cannot apply). Raises ``BeamIOError`` when a folder cannot be listed."""
+    folder = folder.rstrip("/")
+    filesystem = _fs().get_filesystem(folder)
+    if filesystem.has_dirs():
+        # FileSystem._list is what Beam's match runs; match itself would list the parent of the first
+        # wildcard, and a literal "[" in a folder's name ("Film [1080p]") counts as one.
+        listed = filesystem._list(folder)
+        return list(listed if limit is None else itertools.islice(listed, limit))
+    [result] = _fs().match([escape(folder) + ("/**" if recursive else "/*")],
+                           limits=None if limit is None else [limit])
+    return [m for m in result.metadata_list if not m.path.endswith("/")]  # gs:// "folder" placeholders
+
+
+def children(folder):
+    """``FileMetadata`` of the files (and, on hdfs, sub-folders) directly in a folder URL, sorted by path."""
+    return sorted(_listing(folder, recursive=False), key=lambda m: m.path)
+
+
 def listdir(folder):
-    """Names of the files directly in a folder URL (sorted)."""
-    [result] = _fs().match([folder.rstrip("/") + "/*"])
-    return sorted(basename(m.path) for m in result.metadata_list if not m.path.endswith("/"))
+    """Names of the files (and, on hdfs, sub-folders) directly in a folder URL, sorted."""
+    return [basename(m.path) for m in children(folder)]
 
 
 def walk(folder):
@@ -184,11 +207,9 @@ def walk(folder):
     Filesystems without folders (gs, s3) list a prefix in one call; those with folders (hdfs) list one level
     at a time, so sub-folders are listed in turn (an entry that cannot be listed is a file).
     """
-    fs, top = _fs(), folder.rstrip("/")
-    filesystem = fs.get_filesystem(top)
-    if not filesystem.has_dirs():
-        [result] = fs.match([top + "/**"])
-        return sorted((m for m in result.metadata_list if not m.path.endswith("/")), key=lambda m: m.path)
+    top = folder.rstrip("/")
+    if not _fs().get_filesystem(top).has_dirs():
+        return sorted(_listing(top, recursive=True), key=lambda m: m.path)
     out, pending, seen = [], [top], set()
     while pending:
         current = pending.pop()
@@ -196,16 +217,15 @@ def walk(folder):
             continue
         seen.add(current)
         try:
-            [result] = fs.match([current + "/*"])
+            entries = _listing(current, recursive=False)
         except Exception:
             continue
-        for meta in result.metadata_list:
-            children = None
+        for meta in entries:
             try:
-                [children] = fs.match([meta.path.rstrip("/") + "/*"], limits=[1])
-            except Exception:
-                pass
-            if children is not None and children.metadata_list:
+                below = _listing(meta.path, recursive=False, limit=1)
+            except Exception:  # a file: it cannot be listed
+                below = []
+            if below:
                 pending.append(meta.path.rstrip("/"))
             else:
                 out.append(meta)
@@ -225,7 +245,7 @@ def match(pattern):
         from apache_beam.io.filesystem import FileSystem
 
         regex = re.compile(FileSystem.translate_pattern(pattern))
-        top = pattern[:wild.start()].rsplit("/", 1)[0]
+        top = pattern[:wild.start()].rsplit("/", 1)[0]  # (a literal "[" in a name is a wildcard here too)
         return [m for m in walk(top) if regex.match(m.path)]
     [result] = fs.match([pattern])
     return sorted((m for m in result.metadata_list if not m.path.endswith("/")), key=lambda m: m.path)
