@@ -177,7 +177,11 @@ def _check_output(output):
 
 def _check_remote_output(output):
     """A URL output: not an existing file, and writable (checked by writing and deleting a small file)."""
-    if storage.isfile(output):
+    try:
+        is_file = storage.isfile(output)
+    except Exception as e:  # the client library's own: no credentials, no such bucket, ...
+        raise CadlError(f"{output}: cannot reach the output ({e})") from None
+    if is_file:
         raise CadlError(f"{output}: the output exists and is not a folder")
     probe = storage.join(output, f".cadl-write-test-{uuid.uuid4().hex[:12]}")
     try:

@@ -161,7 +161,7 @@ def _add_url(spec, found, problems, skip):
             _add_url_file(storage.file_metadata(url), storage.basename(url), found)
         else:
             problems.append((url, "no such file or folder"))
-    except OSError as e:  # BeamIOError: the listing itself failed (permissions, no such bucket)
+    except Exception as e:  # BeamIOError or the client library's own: permissions, no such bucket, no credentials
         problems.append((spec, f"cannot list it ({e})"))
 
 

@@ -441,7 +441,9 @@ class LocalCopies:
     def _download(self, url, size):
         with self._lock:
             if self._folder is None:
-                self._folder = tempfile.mkdtemp(prefix="cadl-copies-", dir=self._parent)
+                parent = self._parent or tempfile.gettempdir()
+                _sweep(parent)
+                self._folder = tempfile.mkdtemp(prefix=f"{_COPIES}{os.getpid()}-", dir=parent)
                 atexit.register(shutil.rmtree, self._folder, True)
             folder = self._folder
         # Keep the extension: ffmpeg guesses some formats (.ts, raw streams) from it.
@@ -462,4 +464,24 @@ class LocalCopies:
         return path
 
 
+def _sweep(parent):
+    """Delete the copies of worker processes that are gone: one that was killed never ran its atexit."""
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            owner = re.fullmatch(rf"{_COPIES}(\d+)-\w+", entry.name)
+            if owner and entry.is_dir(follow_symlinks=False) and not _alive(int(owner.group(1))):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+_COPIES = "cadl-copies-"  # + pid + "-" + random: a worker process's folder of copies
 films = LocalCopies()

@@ -6,7 +6,8 @@
 Beam finds ``FileSystem`` subclasses by scheme once their module is imported, so ``import memfs`` is all a
 test needs. Files live in a class-level dict (Beam makes a new filesystem object for every call), shared by
 every thread of the process: use them with in-process workers (``--direct_running_mode multi_threading``).
-``MemFileSystem.opens`` counts reads per path, so tests can tell how often a file was fetched.
+``MemFileSystem.opens`` counts reads per path, so tests can tell how often a file was fetched, and paths under
+a prefix in ``MemFileSystem.locked`` refuse every operation, like a bucket this account may not use.
 """
 import collections
 import io
@@ -40,6 +41,7 @@ class _Reader(io.BytesIO):
 class MemFileSystem(FileSystem):
     files = {}                              # path -> (bytes, modification time)
     opens = collections.Counter()           # path -> times opened for reading
+    locked = set()                          # path prefixes that refuse every operation
     lock = threading.RLock()
 
     @classmethod
@@ -51,6 +53,7 @@ class MemFileSystem(FileSystem):
         with cls.lock:
             cls.files.clear()
             cls.opens.clear()
+            cls.locked.clear()
 
     @classmethod
     def put(cls, path, data, mtime=None):
@@ -75,7 +78,12 @@ class MemFileSystem(FileSystem):
     def has_dirs(self):
         return False
 
+    def _check(self, path):
+        if any(path.startswith(prefix) for prefix in self.locked):
+            raise PermissionError(f"403 Forbidden: {path}")
+
     def _list(self, dir_or_prefix):
+        self._check(dir_or_prefix)
         with self.lock:
             listed = sorted((p, len(d), m) for p, (d, m) in self.files.items() if p.startswith(dir_or_prefix))
         for path, size, mtime in listed:
@@ -87,9 +95,11 @@ class MemFileSystem(FileSystem):
         return raw if compression_type == CompressionTypes.UNCOMPRESSED else CompressedFile(raw, compression_type)
 
     def create(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
+        self._check(path)
         return self._wrap(_Writer(self.files, self.lock, path), path, compression_type)
 
     def open(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
+        self._check(path)
         with self.lock:
             if path not in self.files:
                 raise BeamIOError("Open operation failed", {path: FileNotFoundError(path)})
@@ -131,6 +141,7 @@ class MemFileSystem(FileSystem):
         self._each("Delete", list(paths), delete)
 
     def exists(self, path):
+        self._check(path)
         with self.lock:
             return path in self.files
 

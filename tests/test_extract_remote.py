@@ -218,10 +218,19 @@ def test_bad_inputs_at_a_url_are_skipped_with_their_reasons(tree, tmp_path):
     assert storage.films.files() == []
 
 
-def test_an_output_url_that_is_a_file_is_refused(short_film):
+def test_an_output_url_that_is_a_file_or_forbidden_is_refused(short_film):
     MemFileSystem.put("memfs://bucket/data", b"a file")
     with pytest.raises(CadlError, match="memfs://bucket/data: the output exists and is not a folder"):
         run("--input", short_film, "--output", "memfs://bucket/data/")
+    MemFileSystem.locked.add("memfs://theirs/")
+    with pytest.raises(CadlError, match="memfs://theirs/data: cannot reach the output .*403 Forbidden"):
+        run("--input", short_film, "--output", "memfs://theirs/data")
+    # An input there is one skipped input, with the reason.
+    summary = run("--input", short_film, "--input", "memfs://theirs/films", "--output", "memfs://bucket/out",
+                  "--size", "18x32")
+    assert summary["records_new"] == 75
+    assert [(s["input"], s["reason"][:18]) for s in summary["skipped"]] == [("memfs://theirs/films",
+                                                                             "cannot list it (40")]
 
 
 # -- worker-local copies of remote films ---------------------------------------------------------------------
@@ -272,3 +281,21 @@ def test_local_copies_fail_cleanly(tmp_path):
     assert not os.path.exists(path) and copies.downloads == 1
     copies.clear()
     assert not [p for p in tmp_path.iterdir()]
+
+
+def test_copies_of_killed_workers_are_swept(tmp_path):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"cadl-copies-{int(gone.stdout)}-abc_123"
+    alive = tmp_path / f"cadl-copies-{os.getpid()}-def456"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "film.mp4").write_bytes(b"left behind")
+    MemFileSystem.put("memfs://f/a.mp4", b"x" * 10)
+    copies = storage.LocalCopies(folder=str(tmp_path))
+    with copies.local("memfs://f/a.mp4", 10):
+        pass
+    assert not dead.exists() and (alive / "film.mp4").exists()
+    copies.clear()
