@@ -20,13 +20,14 @@ Writes into OUT (see ``jobs/course.py`` for checkpoints, resume, ``--restore`` a
 ``summary.json`` holds ``test_accuracy`` and ``test_loss`` on the test split, the per-epoch history (train
 loss and accuracy, validation loss and accuracy), epochs and times.
 
-What to expect on the real MNIST (its 70,000 images with the lesson's split 0.8,0.1,0.1, the defaults,
-a CPU): about 92-93% test accuracy for ``linear`` (softmax regression's ceiling on raw pixels; the lesson
-reports ~93%) and about 99% for ``conv`` (the lesson's ~99%), after about a minute of training for the
-linear model and a few minutes for the convolutional one. The same commands on Fashion-MNIST's files (same
-IDX format) give about 84% and 90-91%. These figures are measured by ``benchmarks/course_classifiers.py``
-wherever such files are on disk (nothing is downloaded); the tests check the same ordering on generated
-digits: the convolutional network clearly beats the linear one, and both beat chance.
+Measured on real data (``benchmarks/course_classifiers.py --data-dir DIR``, ``--split official``, 10
+epochs, seed 0, on a shared 2-core CPU). MNIST itself is not on the development machine, so the measurement
+is on Fashion-MNIST, whose files have MNIST's names, sizes and format (Debian's ``dataset-fashion-mnist``
+package installs them in /usr/share/datasets/fashion-mnist): ``linear`` 0.839 test accuracy (20 s),
+``conv`` 0.905 (2 min; 0.907 after 20 epochs); both are the usual figures for these models on that set.
+Expected on MNIST with the same commands: about 92-93% for ``linear`` (softmax regression on raw pixels;
+the lesson reports ~93%) and about 99% for ``conv`` (the lesson's ~99%). The tests check the ordering on
+generated digits: the convolutional network clearly beats the linear one, and both beat chance.
 """
 import argparse
 import logging
@@ -145,7 +146,11 @@ def write_pictures(model, out, image_shape):
     if not kernels:
         w = classifiers.linear_weights(model, image_shape)  # (classes, H, W, C)
         signed = w.sum(axis=-1)  # colour data: a pixel's weight summed over its channels
-        visual.write_png(os.path.join(out, "weights.png"), _enlarge(visual.montage(visual.diverging(signed)), 4))
+        # Each class's image on its own scale (as the lesson's per-image imshow), white = 0; the scale is the
+        # 99th percentile of |w|, so a few large weights on never-lit border pixels do not wash the rest out.
+        tiles = np.stack([visual.diverging(np.clip(image / max(np.percentile(np.abs(image), 99), 1e-8), -1, 1))
+                          for image in signed])
+        visual.write_png(os.path.join(out, "weights.png"), _enlarge(visual.montage(tiles), 4))
         written["weights"] = "weights.png"
         if w.shape[-1] == 3:
             scale = max(float(np.abs(w).max()), 1e-8)
