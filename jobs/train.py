@@ -104,7 +104,9 @@ def build_parser():
     o.add_argument("--checkpoint-seconds", type=float, default=120.0, help="also checkpoint after this many s")
     o.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     o.add_argument("--montage-every", type=int, default=50,
-                   help="steps between montages, validation and GIF frames (0: only at the end)")
+                   help="steps between montage PNGs and GIF frames (0: only at the start and the end)")
+    o.add_argument("--validate-every", type=int, default=250,
+                   help="steps between validation passes (0: only at the end)")
     o.add_argument("--log-every", type=int, default=10, help="steps between TensorBoard scalars")
     o.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
@@ -229,7 +231,13 @@ class Trainer:
 
         self.args, self.tf, self.keras = args, tf, keras
         self.t0 = time.time()
+        # The strategy first: the multi-worker one must exist before any other TensorFlow work.
+        self.strategy = pick_strategy(args.strategy)
         self.out = os.path.abspath(args.out)
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if args.strategy == "multiworker" and resolver is not None and resolver.task_id not in (0, None):
+            # Every worker saves (collective ops need all of them), but only the chief writes RUN itself.
+            self.out = os.path.join(self.out, "workers", str(resolver.task_id))
         self.manifest = dataset.load_manifest(args.data)
         self.train_files = dataset.split_files(args.data, self.manifest, "train")
         self.train_count = dataset.split_count(self.manifest, "train")
@@ -254,7 +262,6 @@ class Trainer:
 
         keras.utils.set_random_seed(args.seed)
         keras.mixed_precision.set_global_policy(args.precision)
-        self.strategy = pick_strategy(args.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
         if args.batch_size % self.replicas:
             raise CadlError(f"--batch-size {args.batch_size} must divide by the {self.replicas} replicas")
@@ -490,7 +497,7 @@ class Trainer:
         train_seconds, train_steps = 0.0, 0
         history, train_logs, stop_reason = [], {}, None
         last_ckpt_step, last_ckpt_time = self.step, time.time()
-        window_t, window_steps = time.time(), 0
+        window_seconds, window_steps = 0.0, 0
         if self.step == 0:
             self.montages(images, z, writers)
         it = self.iterator
@@ -521,6 +528,7 @@ class Trainer:
                 done = self.step - start_step - train_steps
                 train_seconds, train_steps = train_seconds + dt, train_steps + done
                 window_steps += done
+                window_seconds += dt
                 bar.update(done)
                 if not math.isfinite(loss):
                     bar.close()
@@ -530,8 +538,7 @@ class Trainer:
                                     "float32")
                 step = self.step
                 if step % args.log_every < done or window_steps >= args.log_every:
-                    now = time.time()
-                    rate = window_steps * args.batch_size / max(now - window_t, 1e-9)
+                    rate = window_steps * args.batch_size / max(window_seconds, 1e-9)  # training time only
                     train_logs = {k: float(v) for k, v in logs.items()}
                     history.append({"step": step, **train_logs})
                     bar.set_postfix(loss=f"{loss:.1f}", psnr=f"{train_logs['psnr']:.1f}", img_s=f"{rate:.0f}")
@@ -541,9 +548,10 @@ class Trainer:
                         tb_scalar("learning_rate", float(np.asarray(self.optimizer.learning_rate)), step)
                         tb_scalar("images_per_s", rate, step)
                     self.model.reset_metrics()  # train figures are means over the last window
-                    window_t, window_steps = now, 0
-                if args.montage_every and step % args.montage_every < done:
+                    window_seconds, window_steps = 0.0, 0
+                if args.validate_every and step % args.validate_every < done:
                     self._validate_and_log(writers)
+                if args.montage_every and step % args.montage_every < done:
                     self.montages(images, z, writers)
                 if (step - last_ckpt_step >= args.checkpoint_every
                         or time.time() - last_ckpt_time >= args.checkpoint_seconds):

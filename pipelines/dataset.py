@@ -79,6 +79,7 @@ def decode_image(encoded, shape):
     return tf.ensure_shape(image, (height, width, channels))
 
 
+@tf.autograph.experimental.do_not_convert  # straight-line code; spares AutoGraph schema's lazy imports
 def parse_and_decode(serialized, shape):
     """One serialized record -> its uint8 image; a record of another schema version fails loudly."""
     parsed = schema.parse_records(serialized)

@@ -15,11 +15,11 @@ def tiny(**kw):
     return vae.make_config(vae.TINY, **kw)
 
 
-@pytest.mark.parametrize("size,arch", [((16, 16), "resnet"), ((16, 32), "resnet"), ((72, 128), "resnet"),
+@pytest.mark.parametrize("size,arch", [((16, 16), "resnet"), ((16, 32), "resnet-group"), ((72, 128), "resnet"),
                                        ((16, 16), "course"), ((24, 40), "course")])
 def test_shapes_for_several_sizes(size, arch):
     extra = {"arch": "course", "hidden": 12, "norm": "batch", "activation": "sigmoid", "dropout": 0.2} \
-        if arch == "course" else {}
+        if arch == "course" else {"norm": "group"} if arch == "resnet-group" else {}
     widths = [4, 4, 4] if size[0] % 8 == 0 and size[1] % 8 == 0 else [4, 4]
     model = vae.VAE(tiny(image_size=list(size), widths=widths, **extra)).build_all()
     assert model.encoder.name == "encoder" and model.decoder.name == "decoder"
