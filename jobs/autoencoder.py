@@ -23,11 +23,13 @@ deterministic reconstruction of the clean test images) and its PSNR, ``test_deno
 models (masked test images in, clean images scored), the loss terms on the test split, the per-epoch
 history, epochs and times.
 
-What to expect on the real MNIST (``--split 0.8,0.1,0.1``, default epochs, a laptop CPU: about a minute an
-epoch for ``fc``): the reconstruction error falls each epoch and the montages turn from noise into
-recognisable digits within the first epoch or two; ``fc`` and ``conv`` reach a test MSE of roughly 0.01 or
-less (PSNR near 20 dB or more). A VAE's codes are pushed toward N(0, I), so its reconstructions are blurrier
-than the plain autoencoders' but its ``samples.png`` shows digit-like images.
+Measured on real data (``benchmarks/course_autoencoders.py --data-dir DIR --epochs 3``, ``--split
+official``, on a shared 2-core CPU): Fashion-MNIST's IDX files (MNIST's names and format; MNIST itself is not
+on the development machine), test mean squared error per pixel after 3 epochs, against 0.0866 for
+predicting the mean image: fc 0.0111 (19.6 dB), conv 0.0070 (21.6 dB), denoising 0.0151 (0.0168 from
+half-masked inputs), vae 0.0187, conv-vae 0.0180; 13-64 s per model. The montages show recognisable
+garments from the first epoch, and a VAE's ``samples.png`` shows garment-like images decoded from random
+codes.
 """
 import argparse
 import logging
