@@ -2,13 +2,14 @@
 
     cadl render --model RUN_OR_MODEL --input FILM --output OUT [options] [--runner R  Beam options]
 
-The path of a frame: decode at the film's own size (``media.read_frames``) -> fit to the model's input
-with the policy the model was trained with (its config's ``fit``) -> z = the encoder's mean -> decoder ->
-back into the source picture's geometry at the output size (the inverse of the fit: a crop's
+The path of a frame: decode and fit to the model's input with the policy the model was trained with (its
+config's ``fit``), inside ffmpeg by the scaler extraction used (``media.read_frames(size=...)``; a second
+decoder gives the frame at its own size when the output shows the original) -> z = the encoder's mean ->
+decoder -> back into the source picture's geometry at the output size (the inverse of the fit: a crop's
 reconstruction lands on the region the model saw, black around it; a pad's bars are cut off; a stretch is
 undone) -> optional blend with the original and side-by-side -> the encoder (``pipelines.video_out``).
 
-Decoding (an ffmpeg process and a thread), inference (the main thread) and encoding (a thread feeding an
+Decoding (an ffmpeg process, two with the original, and a thread), inference (the main thread) and encoding (a thread feeding an
 ffmpeg process per segment, another thread committing finished segments) overlap through bounded queues,
 so the render runs at about the speed of its slowest stage and holds a few batches of frames whatever the
 film's length.
@@ -168,11 +169,6 @@ def _resize(image, size):
     return geometry.fit_image(image, size, "stretch")
 
 
-def to_model(frame, layout):
-    """A decoded frame -> the model's input, fitted as in training."""
-    return geometry.fit_image(frame, layout.model, layout.fit)
-
-
 def from_model(recon, layout):
     """The model's output -> the picture at the output size, in the source picture's geometry."""
     if layout.fit == "stretch":
@@ -277,6 +273,34 @@ class Plan:
 _END = object()
 
 
+def decode_frames(info, layout, start, stop):
+    """Yield ``(index, model input, source frame or None)`` for frames [start, stop) of the film.
+
+    The model's input comes out of ffmpeg already fitted, by the scaler extraction fitted the training
+    frames with (``media.read_frames(size=...)``; it works on the decoded YUV planes, so Python's
+    ``fit_image`` on RGB would feed the model something else). When the output shows the original
+    (``layout.needs_source``), a second decoder gives it at its own size, in step, so a side-by-side or a
+    blend shows the same reconstruction as a plain render. A frame only one decoder could give is skipped
+    (the caller counts it missing)."""
+    fitted = media.read_frames(info.path, size=layout.model, fit=layout.fit, info=info, start=start, stop=stop)
+    if not layout.needs_source:
+        with contextlib.closing(fitted):
+            for index, _, frame in fitted:
+                yield index, frame, None
+        return
+    full = media.read_frames(info.path, info=info, start=start, stop=stop)
+    with contextlib.closing(fitted), contextlib.closing(full):
+        a, b = next(fitted, None), next(full, None)
+        while a is not None and b is not None:
+            if a[0] == b[0]:
+                yield a[0], a[2], b[2]
+                a, b = next(fitted, None), next(full, None)
+            elif a[0] < b[0]:
+                a = next(fitted, None)
+            else:
+                b = next(full, None)
+
+
 def _contiguous(ids):
     runs = []
     for k in sorted(ids):
@@ -352,12 +376,10 @@ def render_segments(plan, model, seg_ids, progress=None, on_commit=None):
             put(frames_q, ("run", first, last, lo, hi))
             expected, previous = lo, None
             t = time.perf_counter()
-            with contextlib.closing(media.read_frames(info.path, info=info, start=lo, stop=hi)) as frames:
-                for index, _, frame in frames:
-                    t_fit = time.perf_counter()
-                    stats["seconds"]["decode"] += t_fit - t
-                    item = (to_model(frame, layout), frame if layout.needs_source else None)
-                    stats["seconds"]["fit"] += time.perf_counter() - t_fit
+            with contextlib.closing(decode_frames(info, layout, lo, hi)) as frames:
+                for index, x, frame in frames:
+                    stats["seconds"]["decode"] += time.perf_counter() - t
+                    item = (x, frame)
                     previous = item if previous is None else previous
                     while expected < index:  # a damaged frame: repeat the last good one, keep the count
                         stats["missing_source_frames"] += 1
@@ -456,7 +478,10 @@ def _infer(plan, model, get, put, frames_q, out_q, starts, radius, stats):
         if len(x) < B:  # a fixed batch shape: one traced graph, and results independent of the split
             x = np.concatenate([x, np.zeros((B - len(x),) + x.shape[1:], x.dtype)])
         y = fn(x)[:len(inputs)]
-        stats["seconds"]["infer"] += time.perf_counter() - t
+        seconds = time.perf_counter() - t
+        stats["seconds"]["infer"] += seconds
+        if "infer_first_call" not in stats["seconds"]:  # tracing the graph: a fixed cost, counted in infer
+            stats["seconds"]["infer_first_call"] = seconds
         return y
 
     def decode_pending(force=False):
@@ -670,7 +695,9 @@ def run(argv=None):
                                   args.prores_profile)
     out = _check_paths(args, fmt)
     info = media.probe(args.input)
+    t = time.time()
     model, model_file = _load_model(args.model)
+    load_seconds = time.time() - t
     layout = make_layout(info, model.config, fmt, output_size, args.scale, args.side_by_side, args.blend)
     work = WorkFolder(out)
     plan = Plan(info=info, layout=layout, fmt=fmt, parts=work.path,
@@ -700,6 +727,7 @@ def run(argv=None):
     elif pending:
         stats = _render_locally(plan, model, pending, work, done, out)
     render_seconds = time.time() - t
+    stats["seconds"] = dict(stats["seconds"], load=load_seconds)  # the model's, before any frame
 
     t = time.time()
     seg_paths = [plan.segment_path(k) for k in range(len(plan.segments))]

@@ -71,13 +71,13 @@ def _relative_times(info):
 
 @pytest.mark.parametrize("fit", geometry.FITS)
 def test_fit_then_unfit_gives_back_the_picture_undistorted(fit):
-    """With an identity 'model', from_model(to_model(frame)) is the frame (where the model saw it)."""
+    """With an identity 'model', from_model(fit_image(frame)) is the frame (where the model saw it)."""
     rng = np.random.default_rng(0)
     frame = cv2_smooth(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8))
     fmt = video_out.output_format("x.mp4")
     info = media.VideoInfo("x", 160, 90, None, (0,), None, False, 0.0, "h264", None, 0, 0)
     layout = render.make_layout(info, {"image_size": [32, 32], "fit": fit}, fmt)
-    back = render.from_model(render.to_model(frame, layout), layout)
+    back = render.from_model(geometry.fit_image(frame, layout.model, layout.fit), layout)
     assert back.shape == frame.shape
     if fit == "crop":
         t, l, b, r = layout.region
@@ -135,10 +135,15 @@ def test_mp4_same_frames_rate_duration_audio_and_content(tiny_run, model, short_
     assert not os.path.exists(str(out) + ".parts")
     # Each output frame is the model's reconstruction put back in place (up to H.264 at crf 12).
     layout = render.make_layout(src, model.config, video_out.output_format(out))
-    frames = _frames(short_film)
+    inputs = _model_inputs(short_film, layout)
     for i in (0, 40, 74):
-        want = render.compose(frames[i], model.reconstruct(render.to_model(frames[i], layout)[None])[0], layout)
+        want = render.compose(None, model.reconstruct(inputs[i][None])[0], layout)
         assert _psnr(_frames_at(out, i), want) > 33
+
+
+def _model_inputs(path, layout):
+    """What a render without --blend/--side-by-side feeds the model: frames fitted by ffmpeg's scaler."""
+    return [f for _, _, f in media.read_frames(path, size=layout.model, fit=layout.fit)]
 
 
 def _frames_at(path, i):
@@ -179,9 +184,10 @@ def test_side_by_side_blend_and_sizes(tiny_run, odd_film, tmp_path):
     assert (res.width, res.height) == (160, 44) and res.num_frames == 25
     scaled = _render(tiny_run, odd_film, tmp_path / "scaled.mp4", "--scale", "2")
     assert (scaled["width"], scaled["height"]) == (162, 90)
-    # Lossless FFV1 takes odd sides: the left panel is the original exactly, --blend 0 is the original,
-    # --blend 0.5 is the mean of the two panels.
+    # Lossless FFV1 takes odd sides: the left panel is the original exactly, the right one the plain
+    # render's frame, --blend 0 is the original, --blend 0.5 is the mean of the two panels.
     _render(tiny_run, odd_film, tmp_path / "side.mkv", "--side-by-side", "--codec", "ffv1")
+    _render(tiny_run, odd_film, tmp_path / "plain.mkv", "--codec", "ffv1")
     _render(tiny_run, odd_film, tmp_path / "blend0.mkv", "--blend", "0", "--codec", "ffv1")
     _render(tiny_run, odd_film, tmp_path / "blend5.mkv", "--blend", "0.5", "--codec", "ffv1")
     source = _frames(odd_film)[3]
@@ -189,6 +195,7 @@ def test_side_by_side_blend_and_sizes(tiny_run, odd_film, tmp_path):
     left, right = both[:, :81], both[:, 81:].astype(int)
     assert both.shape == (45, 162, 3) and np.array_equal(left, source)
     assert _psnr(right, source) < 30  # the reconstruction of a 16x16 tiny model is no copy
+    assert np.array_equal(right, _frames_at(tmp_path / "plain.mkv", 3))  # the plain render's, exactly
     assert np.array_equal(_frames_at(tmp_path / "blend0.mkv", 3), source)
     half = _frames_at(tmp_path / "blend5.mkv", 3).astype(int)
     assert np.abs(half - (source.astype(int) + right) / 2).max() <= 1
@@ -204,18 +211,48 @@ def test_png_sequence_smoothing_matches_a_direct_computation(tiny_run, model, sh
     assert len(names) == 75 and os.path.exists(out / "audio.mka") and os.path.exists(out / "timestamps.txt")
     src = media.probe(short_film)
     layout = render.make_layout(src, model.config, video_out.output_format(out))
-    frames = _frames(short_film)
-    z = model.encode(np.stack([render.to_model(f, layout) for f in frames]))
+    z = model.encode(np.stack(_model_inputs(short_film, layout)))
     from PIL import Image
     for i in (0, 9, 10, 11, 37, 74):  # 10 starts a segment: its window reaches into the previous one
         mean = z[max(0, i - 2):i + 3].mean(axis=0)
-        want = render.compose(frames[i], model.decode(mean[None])[0], layout)
+        want = render.compose(None, model.decode(mean[None])[0], layout)
         got = np.asarray(Image.open(out / names[i]).convert("RGB"))
         assert np.abs(got.astype(int) - want).max() <= 2, i
     plain = _render(tiny_run, short_film, tmp_path / "plain", "--segment-seconds", "0.4")
     a = np.asarray(Image.open(tmp_path / "plain" / names[20]))
     b = np.asarray(Image.open(out / names[20]))
     assert plain["frames"] == 75 and not np.array_equal(a, b)  # smoothing changed the picture
+
+
+class _Recording:
+    """The real model, noting what it is fed (the frames, without the padding of the last batch)."""
+
+    def __init__(self, model):
+        self.model, self.inputs, self.config = model, [], model.config
+
+    def reconstruct(self, x):
+        self.inputs.append(np.array(x))
+        return self.model.reconstruct(x)
+
+
+@pytest.mark.parametrize("side_by_side", [False, True])
+def test_the_model_is_fed_frames_fitted_as_extraction_fits_them(model, short_film, tmp_path, side_by_side):
+    """The model gets exactly what ffmpeg's scaler gives (what extraction trained it on), also when the
+    output shows the original next to the reconstruction."""
+    info = media.probe(short_film)
+    fmt = video_out.output_format(tmp_path / "o.mkv", codec="ffv1")
+    layout = render.make_layout(info, model.config, fmt, side_by_side=side_by_side)
+    plan = render.Plan(info=info, layout=layout, fmt=fmt, parts=str(tmp_path), segments=tuple(info.segments(1.0)),
+                       batch_size=16)
+    spy = _Recording(model)
+    stats = render.render_segments(plan, spy, list(range(len(plan.segments))))
+    # Batches never span two segments: each segment of 25 frames is a batch of 16 and a padded one of 9.
+    sizes = [min(16, e - i) for s, e in plan.segments for i in range(s, e, 16)]
+    assert stats["frames"] == 75 and [len(b) for b in spy.inputs] == [16] * len(sizes)
+    fed = np.concatenate([b[:k] for b, k in zip(spy.inputs, sizes)])
+    want = _model_inputs(short_film, layout)
+    assert fed.shape == (75,) + layout.model + (3,) and len(want) == 75
+    assert all(np.array_equal(a, b) for a, b in zip(fed, want))
 
 
 # ---- resume and parallel rendering ----
