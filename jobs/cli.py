@@ -33,7 +33,8 @@ def main(argv=None):
     if name not in JOBS:
         print(f"cadl: unknown job {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    quiet_imports(tensorflow=name != "extract")  # extraction never needs TensorFlow
+    quiet_imports(tensorflow=name != "extract",  # extraction never needs TensorFlow
+                  beam=name in ("extract", "retrain", "demo") or any(a.startswith("--runner") for a in rest))
     module = importlib.import_module(f"jobs.{name}")
     return run_job(module.run, rest)
 
@@ -63,7 +64,7 @@ def _filtered_stderr():
                     print(line, file=sys.stderr)
 
 
-def quiet_imports(tensorflow=True):
+def quiet_imports(tensorflow=True, beam=True):
     """Import TensorFlow (and look for GPUs) and Beam once, without their start-up chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     root = logging.getLogger()
@@ -75,7 +76,8 @@ def quiet_imports(tensorflow=True):
                 import tensorflow as tf
 
                 tf.config.list_physical_devices("GPU")
-            import apache_beam  # noqa: F401
+            if beam:
+                import apache_beam  # noqa: F401
     finally:
         root.setLevel(level)
 

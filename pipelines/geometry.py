@@ -53,7 +53,12 @@ def center_crop_factor(image, factor):
 
 
 def fit_image(image, size, fit="crop"):
-    """Fit an (h, w[, c]) uint8 image to ``size`` (H, W) the same way ``ffmpeg_filter`` does."""
+    """Fit an (h, w[, c]) uint8 image to ``size`` (H, W) with the same policy as ``ffmpeg_filter``.
+
+    Same geometry (crop/pad/stretch, centred), but OpenCV's resampling: pixel values differ from ffmpeg's
+    by a few levels, so film frames are fitted by ffmpeg in both extraction and rendering and this
+    function serves stills.
+    """
     th, tw = size
     h, w = image.shape[:2]
     if (h, w) == (th, tw):
