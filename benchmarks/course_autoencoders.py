@@ -26,15 +26,15 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from measure import add_digit_options, digits_dir  # noqa: E402  (benchmarks/measure.py)
+
 MODELS = ("fc", "conv", "denoising", "vae", "conv-vae")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", help="folder of MNIST-format IDX files (default: generated digits)")
-    p.add_argument("--generated", type=int, default=6000, metavar="N",
-                   help="without --data-dir: N generated digits, the last sixth for testing (default 6000)")
+    add_digit_options(p, generated=6000)
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--epochs", type=int, default=5, help="epochs for every model (default 5, the lesson's)")
     p.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
@@ -46,14 +46,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or tmp
-        data_dir = args.data_dir
-        if data_dir is None:
-            sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-            from fixtures_course import write_mnist
-
-            data_dir = os.path.join(out, "generated")
-            n_test = args.generated // 6
-            write_mnist(data_dir, n_train=args.generated - n_test, n_test=n_test, seed=1)
+        data_dir = digits_dir(args.data_dir, args.generated, out)
         ds = datasets.MNIST(data_dir, split="official")
         test = ds.test.pixels.astype(np.float32) / 255.0
         baseline = float(np.mean(np.square(test - ds.mean_image())))

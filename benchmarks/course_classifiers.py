@@ -31,6 +31,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from measure import add_digit_options, digits_dir  # noqa: E402  (benchmarks/measure.py)
+
 VARIANTS = {
     "linear": ["--model", "linear"],
     "lesson": ["--model", "conv"],
@@ -45,9 +47,7 @@ VARIANTS = {
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", help="folder of MNIST-format IDX files (default: generated digits)")
-    p.add_argument("--generated", type=int, default=12000, metavar="N",
-                   help="without --data-dir: N generated digits, the last sixth for testing (default 12000)")
+    add_digit_options(p, generated=12000)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--baseline", default="lesson", help="the variant the ratios are against (default lesson)")
     p.add_argument("--epochs", type=int, default=10, help="epochs for every variant (default 10)")
@@ -67,14 +67,7 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or tmp
-        data_dir = args.data_dir
-        if data_dir is None:
-            sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-            from fixtures_course import write_mnist
-
-            data_dir = os.path.join(out, "generated")
-            n_test = args.generated // 6
-            write_mnist(data_dir, n_train=args.generated - n_test, n_test=n_test, seed=1)
+        data_dir = digits_dir(args.data_dir, args.generated, out)
         results = {}
         for name in names:
             accuracies, seconds = [], []

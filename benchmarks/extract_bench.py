@@ -10,7 +10,8 @@ subprocess, interpreter and pipeline start-up included. Both are timed on the sa
 the other, and the figure that matters is the ratio of their frame rates (goal: >= 0.5x).
 
 Peak memory is the largest sum of resident memory over the command's whole process tree (Python, its
-worker threads, the ffmpeg decoders), sampled every 20 ms from /proc; the largest single process comes from
+worker threads, the ffmpeg decoders), sampled every 20 ms from /proc (a child caught between fork and exec,
+which shares its parent's pages, is not counted twice); the largest single process comes from
 ``getrusage(RUSAGE_CHILDREN)``. The machine may be shared: run it when it is quiet, and compare figures
 from the same run only.
 """
@@ -19,10 +20,8 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,6 +29,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from pipelines import media  # noqa: E402
 from pipelines.synthetic import ffmpeg_exe, make_film  # noqa: E402
+
+from measure import timed  # noqa: E402  (benchmarks/measure.py)
 
 
 def build_parser():
@@ -49,63 +50,6 @@ def build_parser():
                    help="run 'cadl extract' (the console script, via jobs.cli) or 'python -m jobs.extract'")
     p.add_argument("extra", nargs="*", help="options after -- are passed to cadl extract")
     return p
-
-
-class TreeMemory(threading.Thread):
-    """Samples the summed RSS (bytes) of a process and all its descendants until stopped."""
-
-    def __init__(self, pid, every=0.02):
-        super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self._done = pid, every, 0, threading.Event()
-
-    def run(self):
-        while not self._done.is_set():
-            self.peak = max(self.peak, self._tree_rss())
-            self._done.wait(self.every)
-
-    def stop(self):
-        self._done.set()
-        self.join()
-
-    def _tree_rss(self):
-        parents, rss = {}, {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                parents[int(name)] = int(fields[1])
-                rss[int(name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, IndexError, ValueError):
-                continue
-        tree, frontier = {self.pid}, [self.pid]
-        while frontier:
-            parent = frontier.pop()
-            for child, ppid in parents.items():
-                if ppid == parent and child not in tree:
-                    tree.add(child)
-                    frontier.append(child)
-        return sum(rss.get(p, 0) for p in tree)
-
-
-def _cpu():
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(cmd, env=None):
-    """(seconds, peak tree RSS bytes, returncode, stderr tail, CPU seconds) of one command."""
-    cpu = _cpu()
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=env)
-    memory = TreeMemory(proc.pid)
-    memory.start()
-    _, err = proc.communicate()
-    seconds = time.perf_counter() - start
-    memory.stop()
-    return seconds, memory.peak, proc.returncode, err.decode(errors="replace")[-2000:], _cpu() - cpu
 
 
 def main(argv=None):
@@ -139,9 +83,10 @@ def main(argv=None):
             shutil.rmtree(frames_dir, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(frames_dir)
-            seconds, peak, rc, err, cpu = timed(cmd, env)
-            if rc != 0:
-                print(f"{name} failed ({rc}):\n{err}", file=sys.stderr)
+            run = timed(cmd, env)
+            seconds, peak, cpu = run.seconds, run.peak, run.cpu
+            if run.returncode != 0:
+                print(f"{name} failed ({run.returncode}):\n{run.stderr}", file=sys.stderr)
                 return 1
             if name == "baseline":
                 count = len(os.listdir(frames_dir))

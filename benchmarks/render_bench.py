@@ -34,12 +34,10 @@ shared: run it when it is quiet, and compare figures from the same run only.
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,6 +48,8 @@ import numpy as np  # noqa: E402
 
 from pipelines import media  # noqa: E402
 from pipelines.synthetic import ffmpeg_exe, make_film  # noqa: E402
+
+from measure import timed  # noqa: E402  (benchmarks/measure.py)
 
 
 def build_parser():
@@ -72,70 +72,6 @@ def build_parser():
                                                     "and the model are reused when they exist there)")
     p.add_argument("extra", nargs="*", help="options after -- are passed to cadl render")
     return p
-
-
-class TreeMemory(threading.Thread):
-    """Samples the summed RSS (bytes) of a process and all its descendants, and of the process alone."""
-
-    def __init__(self, pid, every=0.02):
-        super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self.peak_main, self._done = pid, every, 0, 0, threading.Event()
-
-    def run(self):
-        while not self._done.is_set():
-            tree, main = self._rss()
-            self.peak, self.peak_main = max(self.peak, tree), max(self.peak_main, main)
-            self._done.wait(self.every)
-
-    def stop(self):
-        self._done.set()
-        self.join()
-
-    def _rss(self):
-        parents, rss, cmdlines = {}, {}, {}
-        page = os.sysconf("SC_PAGE_SIZE")
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                parents[int(name)] = int(fields[1])
-                rss[int(name)] = int(fields[21]) * page
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    cmdlines[int(name)] = f.read()
-            except (OSError, IndexError, ValueError):
-                continue
-        tree, frontier = {self.pid}, [self.pid]
-        while frontier:
-            parent = frontier.pop()
-            for child, ppid in parents.items():
-                # A child with its parent's command line is a fork about to exec ffmpeg: it shares the
-                # parent's pages, and counting them twice would be an artefact of sampling at that instant.
-                if ppid == parent and child not in tree and cmdlines.get(child) != cmdlines.get(parent):
-                    tree.add(child)
-                    frontier.append(child)
-        return sum(rss.get(p, 0) for p in tree), rss.get(self.pid, 0)
-
-
-def children_cpu():
-    """CPU seconds (user + system) of every finished child of this process and of their waited children."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(cmd, env=None):
-    """(seconds, TreeMemory, returncode, stderr tail, CPU seconds of the whole process tree) of one command."""
-    cpu = children_cpu()
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=env)
-    memory = TreeMemory(proc.pid)
-    memory.start()
-    _, err = proc.communicate()
-    seconds = time.perf_counter() - start
-    memory.stop()
-    return seconds, memory, proc.returncode, err.decode(errors="replace")[-3000:], children_cpu() - cpu
 
 
 def film(workdir, args, seconds):
@@ -213,11 +149,11 @@ def main(argv=None):
     cpu = dict.fromkeys(("ffmpeg", "model", "render"), inf)  # CPU seconds, all processes and threads
     net, batches = prepare_model(model, short, args.batch_size)
     for _ in range(args.repeat):
-        seconds, _, rc, err, cpu_seconds = timed(ff_cmd, env)
-        if rc:
-            print(f"ffmpeg failed:\n{err}", file=sys.stderr)
+        run = timed(ff_cmd, env)
+        if run.returncode:
+            print(f"ffmpeg failed:\n{run.stderr}", file=sys.stderr)
             return 1
-        best["ffmpeg"], cpu["ffmpeg"] = min(best["ffmpeg"], seconds), min(cpu["ffmpeg"], cpu_seconds)
+        best["ffmpeg"], cpu["ffmpeg"] = min(best["ffmpeg"], run.seconds), min(cpu["ffmpeg"], run.cpu)
         seconds, cpu_seconds = model_alone(net, batches)
         best["model"], cpu["model"] = min(best["model"], seconds), min(cpu["model"], cpu_seconds)
         # (a) and (b) at the same time: what any overlap of the two can reach when they share the CPUs.
@@ -226,9 +162,10 @@ def main(argv=None):
         model_alone(net, batches)
         proc.wait()
         best["both"] = min(best["both"], time.perf_counter() - start)
-        seconds, memory_short, rc, err, cpu_seconds = timed(render_cmd(model, short, out_ours, args), env)
-        if rc:
-            print(f"cadl render failed:\n{err}", file=sys.stderr)
+        short_run = timed(render_cmd(model, short, out_ours, args), env)
+        seconds, cpu_seconds = short_run.seconds, short_run.cpu
+        if short_run.returncode:
+            print(f"cadl render failed:\n{short_run.stderr}", file=sys.stderr)
             return 1
         with open(out_ours + ".summary.json") as f:
             summary = json.load(f)
@@ -243,9 +180,10 @@ def main(argv=None):
 
     print("long film ...", flush=True)
     long_out = os.path.join(workdir, "render-long.mp4")
-    long_seconds, memory_long, rc, err, _ = timed(render_cmd(model, long_, long_out, args), env)
-    if rc:
-        print(f"cadl render (long) failed:\n{err}", file=sys.stderr)
+    long_run = timed(render_cmd(model, long_, long_out, args), env)
+    long_seconds = long_run.seconds
+    if long_run.returncode:
+        print(f"cadl render (long) failed:\n{long_run.stderr}", file=sys.stderr)
         return 1
     long_info = media.probe(long_)
 
@@ -268,21 +206,21 @@ def main(argv=None):
          f"  = {best['render_frames'] / floor:.2f}x the larger of (a), (b); "
          f"{best['render_frames'] / best['both']:.2f}x (a)+(b) at once")
     print(f"\nmemory (peak resident, process tree / python alone):")
-    print(f"  {info.duration:6.0f} s film ({n} frames):        {memory_short.peak / mib:7.0f} MiB / "
-          f"{memory_short.peak_main / mib:5.0f} MiB")
-    print(f"  {long_info.duration:6.0f} s film ({long_info.num_frames} frames):    {memory_long.peak / mib:7.0f} MiB / "
-          f"{memory_long.peak_main / mib:5.0f} MiB   ({long_seconds:.0f} s, {long_info.num_frames / long_seconds:.0f} "
+    print(f"  {info.duration:6.0f} s film ({n} frames):        {short_run.peak / mib:7.0f} MiB / "
+          f"{short_run.peak_main / mib:5.0f} MiB")
+    print(f"  {long_info.duration:6.0f} s film ({long_info.num_frames} frames):    {long_run.peak / mib:7.0f} MiB / "
+          f"{long_run.peak_main / mib:5.0f} MiB   ({long_seconds:.0f} s, {long_info.num_frames / long_seconds:.0f} "
           f"frames/s)")
-    print(f"  long / short: {memory_long.peak / memory_short.peak:.2f}x tree, "
-          f"{memory_long.peak_main / memory_short.peak_main:.2f}x python   (goal within 25%: <= 1.25x)")
+    print(f"  long / short: {long_run.peak / short_run.peak:.2f}x tree, "
+          f"{long_run.peak_main / short_run.peak_main:.2f}x python   (goal within 25%: <= 1.25x)")
     result = {"frames": n, "ffmpeg_s": best["ffmpeg"], "model_s": best["model"], "both_s": best["both"],
               "render_s": best["render"], "render_job_s": best["render_job"],
               "render_frames_s": best["render_frames"], "ffmpeg_cpu_s": cpu["ffmpeg"],
               "model_cpu_s": cpu["model"], "render_cpu_s": cpu["render"],
               "ratio_command": best["render"] / floor, "ratio_job": best["render_job"] / floor,
               "ratio_frames": best["render_frames"] / floor, "load_average": os.getloadavg()[0],
-              "peak_short_mib": memory_short.peak / mib,
-              "peak_long_mib": memory_long.peak / mib, "memory_ratio": memory_long.peak / memory_short.peak,
+              "peak_short_mib": short_run.peak / mib,
+              "peak_long_mib": long_run.peak / mib, "memory_ratio": long_run.peak / short_run.peak,
               "long_frames": long_info.num_frames}
     with open(os.path.join(workdir, "render_bench.json"), "w") as f:
         json.dump(result, f, indent=2)
