@@ -709,9 +709,10 @@ def run(argv=None):
     if done:
         log.info("resuming at frame %d (%d of %d segments already rendered in %s)", resumed_at, len(done),
                  len(plan.segments), work.path)
-    log.info("rendering %s (%d frames, %s fps%s, %dx%d) through %s (%dx%d, fit %s) -> %s [%s, %dx%d]",
+    # Film sizes as video tools write them (width x height); the model's as cadl's --size does (H x W).
+    log.info("rendering %s (%d frames, %s fps%s, %dx%d) through %s (input HxW %dx%d, fit %s) -> %s [%s, %dx%d]",
              info.path, info.num_frames, _rate(info.fps), ", variable rate" if info.vfr else "", info.width,
-             info.height, model_file, layout.model[1], layout.model[0], layout.fit, out, fmt.describe(),
+             info.height, model_file, layout.model[0], layout.model[1], layout.fit, out, fmt.describe(),
              layout.frame_size[1], layout.frame_size[0])
 
     stats = {"frames": 0, "missing_source_frames": 0, "seconds": {}}
