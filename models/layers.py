@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-PACKAGE = "cadl"
+PACKAGE = "cadl_course"  # not "cadl": models/vae.py registers its own VAE and Sampling there
 
 
 class _Ref:

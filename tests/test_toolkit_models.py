@@ -231,3 +231,15 @@ def test_save_restore_and_export_give_identical_predictions(family, kind, mnist_
     course.export_saved_model(model, str(tmp_path / "saved"), (28, 28, 1))
     loaded = tf.saved_model.load(str(tmp_path / "saved"))
     np.testing.assert_allclose(loaded.serve(probe).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_course_and_film_models_register_under_their_own_names():
+    # Both define a VAE and a Sampling layer; one Keras name for both made whichever module was imported
+    # last deserialize the other's saved models.
+    import keras
+
+    from models import autoencoders, layers, vae
+
+    assert keras.saving.get_registered_object("cadl>VAE") is vae.VAE
+    assert keras.saving.get_registered_object(f"{layers.PACKAGE}>VAE") is autoencoders.VAE
+    assert keras.saving.get_registered_object(f"{layers.PACKAGE}>Sampling") is layers.Sampling
