@@ -24,7 +24,6 @@ and a shared ``--data`` (e.g. gs://); worker 0 (the chief) writes RUN, the other
 ``RUN/workers/<index>/`` which can be deleted afterwards.
 """
 import argparse
-import json
 import logging
 import math
 import os
@@ -45,16 +44,42 @@ MODEL_FLAGS = ("arch", "widths", "blocks", "latent", "hidden", "norm", "activati
                "beta_warmup")
 PRESETS = ("default", "tiny", "course")
 EXACT_RESUME_BYTES = 128 * 2**20  # --exact-resume auto: save the data position when it is at most this big
+HISTORY_MAX = 500  # loss points kept in summary.json
 MONTAGE_IMAGES = 16  # the fixed validation batch shown in recon montages (two rows of originals/reconstructions)
 LATENT_SAMPLES = 36  # z ~ N(0, I) decoded in latent montages (6 x 6)
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Show "(default: X)" only where there is a default to show (model flags say their preset value)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+EPILOG = """examples:
+  cadl train --data data/ --out runs/blade --max-seconds 600          # a CPU laptop, ten minutes
+  cadl train --data data/ --out runs/blade --max-steps 20000          # rerun after a crash: resumes
+  cadl train --data gs://bucket/data --out runs/big --epochs 30 --widths 64,128,256,512 --latent 256 \\
+             --batch-size 256 --precision mixed_bfloat16 --jit        # GPUs (all visible ones are used)
+
+several machines: set TF_CONFIG on each worker, e.g.
+  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+and run the same command with --strategy multiworker and --data on shared storage (gs://...). Worker 0 writes
+RUN; the others write RUN/workers/<index>/ (deletable). --batch-size is the global batch.
+"""
+
+
 def build_parser():
+    from models.vae import DEFAULTS
+
     p = argparse.ArgumentParser(
         prog="cadl train",
-        description="Train the convolutional VAE on a dataset folder written by 'cadl extract'. Rerunning the "
-                    "same command on the same --out resumes from its latest checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__.split("\n\n", 1)[0].split(": ", 1)[1] + "\n\n" + __doc__.split("\n\n", 1)[1].split(
+            "\nGPU:")[0],
+        epilog=EPILOG, formatter_class=_Formatter)
     p.add_argument("--data", required=True, help="dataset folder (manifest.json + shards); local or gs://...")
     p.add_argument("--out", required=True, help="run folder: created, or resumed when it holds checkpoints")
     stop = p.add_argument_group("when to stop (the first reached; none given: --epochs 10)")
@@ -117,6 +142,11 @@ def build_parser():
     g.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker"), default="auto",
                    help="auto: MirroredStrategy when more than one GPU is visible")
     g.add_argument("--steps-per-execution", type=int, default=1, help="training steps per tf.function call")
+    for action in m._group_actions:  # model flags: say what the default preset uses
+        key = action.dest
+        if key in DEFAULTS and action.default is None:
+            value = DEFAULTS[key]
+            action.help += f" (default preset: {','.join(map(str, value)) if isinstance(value, list) else value})"
     return p
 
 
@@ -459,6 +489,16 @@ class Trainer:
         export_saved_model(self.model, os.path.join(folder, "saved_model"))
         return folder
 
+    def _previous_history(self):
+        """The loss history of earlier invocations of this run (a resumed run continues the curve)."""
+        if self.resumed_from is None:
+            return []
+        try:
+            previous = atomic.read_json(os.path.join(self.out, "summary.json")).get("history", [])
+        except (OSError, ValueError):
+            return []
+        return [h for h in previous if isinstance(h, dict) and h.get("step", 1e18) <= self.step]
+
     def _export_is_current(self):
         try:
             previous = atomic.read_json(os.path.join(self.out, "summary.json"))
@@ -495,7 +535,7 @@ class Trainer:
         images, z = self.fixed_batches()
         start_step, start_time = self.step, time.time()
         train_seconds, train_steps = 0.0, 0
-        history, train_logs, stop_reason = [], {}, None
+        history, train_logs, stop_reason = self._previous_history(), {}, None
         last_ckpt_step, last_ckpt_time = self.step, time.time()
         window_seconds, window_steps = 0.0, 0
         if self.step == 0:
@@ -541,6 +581,8 @@ class Trainer:
                     rate = window_steps * args.batch_size / max(window_seconds, 1e-9)  # training time only
                     train_logs = {k: float(v) for k, v in logs.items()}
                     history.append({"step": step, **train_logs})
+                    if len(history) > HISTORY_MAX:  # keep summary.json small on long runs: every other point
+                        history = history[:1] + history[2::2]
                     bar.set_postfix(loss=f"{loss:.1f}", psnr=f"{train_logs['psnr']:.1f}", img_s=f"{rate:.0f}")
                     with writers["train"].as_default():
                         for k, v in train_logs.items():
@@ -666,6 +708,7 @@ def evaluate(model_path, data_dir, split="validation", batch_size=64, skip_corru
     """
     import keras
     import numpy as np
+    import tensorflow as tf
 
     from models import vae
 
@@ -674,6 +717,7 @@ def evaluate(model_path, data_dir, split="validation", batch_size=64, skip_corru
     check_compatible(model.config, manifest, model_path, data_dir)
     files = dataset.split_files(data_dir, manifest, split)
     model.compile(optimizer=keras.optimizers.Adam())
+    test_step = tf.function(model.test_step, reduce_retracing=True)
     skipped = []
     while True:
         model.reset_metrics()
@@ -684,14 +728,10 @@ def evaluate(model_path, data_dir, split="validation", batch_size=64, skip_corru
         count = 0
         try:
             for batch in ds:
-                model.test_step(batch)
+                test_step(batch)
                 count += int(batch.shape[0])
             break
-        except Exception as e:
-            import tensorflow as tf
-
-            if not isinstance(e, (tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
-                raise
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
             bad = dataset.find_corrupt([f for f in files if f not in skipped], manifest)
             if not bad:
                 raise

@@ -356,7 +356,8 @@ def load_model(path):
     try:
         model = keras.saving.load_model(keras_file, compile=False)
     except Exception as e:  # a truncated or foreign file: one line naming it
-        raise CadlError(f"{keras_file}: cannot load model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CadlError(f"{keras_file}: cannot load model ({reason})") from None
     if not isinstance(model, VAE):
         raise CadlError(f"{keras_file}: not a cadl VAE (found {type(model).__name__})")
     return model
