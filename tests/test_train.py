@@ -199,10 +199,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_mixed_bfloat16_run(data, tmp_path):
+def test_mixed_bfloat16_and_xla_run(data, tmp_path):
     run = str(tmp_path / "bf16")
-    summary = train.run(["--data", data, "--out", run, "--max-steps", "10", "--precision", "mixed_bfloat16"]
-                        + FAST)
+    summary = train.run(["--data", data, "--out", run, "--max-steps", "10", "--precision", "mixed_bfloat16",
+                         "--jit"] + FAST)
     assert summary["precision"] == "mixed_bfloat16" and np.isfinite(summary["validation"]["loss"])
     import keras
     assert keras.mixed_precision.global_policy().name == "float32"  # left as found
@@ -285,3 +285,28 @@ def test_trains_on_real_extraction_output(short_film, tmp_path):
     assert inf.config["image_size"] == [32, 32]
     frames = dataset.load_images(data, summary["validation_split"], 4)
     assert inf.reconstruct(frames).shape == (4, 32, 32, 3)
+
+
+MIRRORED = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from jobs import train
+train.pick_strategy = lambda kind: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+summary = train.run(sys.argv[1:])
+assert summary["replicas"] == 2, summary["replicas"]
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_replicas(data, tmp_path):
+    """The multi-device path (distributed dataset, per-replica loss scaling) on two logical CPUs."""
+    out = str(tmp_path / "run")
+    done = subprocess.run([sys.executable, "-c", MIRRORED, "--data", data, "--out", out, *FAST, "--max-steps", "30",
+                           "--lr", "3e-3", "--log-every", "5"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = atomic.read_json(os.path.join(out, "summary.json"))
+    assert summary["step"] == 30 and summary["history"][-1]["loss"] < summary["history"][0]["loss"]
+    assert vae.load_inference(out).reconstruct(dataset.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)
