@@ -75,15 +75,23 @@ def main(argv=None):
         for _ in range(batches):
             tf.constant(images[rng.integers(0, n, bs)])
 
-    its = {c: iter(dataset.make_dataset(data, "train", bs, manifest=manifest, cache=c)) for c in (False, True)}
-    for it in its.values():  # warm up: fill the cache, start the threads
-        for _ in range(batches + 2):
-            next(it)
-    figures = {"pipeline, decode every time": [], "pipeline, cached": [], "in-memory loop": []}
+    def pipeline(cache):
+        def make():
+            it = iter(dataset.make_dataset(data, "train", bs, manifest=manifest, cache=cache))
+            for _ in range(batches + 2):  # warm up: fill the cache, start the threads
+                next(it)
+            return consume(it)
+        return make
+
+    # One live iterator at a time: an idle pipeline's prefetch threads would steal CPU from the other side.
+    sides = {"pipeline, decode every time": pipeline(False), "pipeline, cached": pipeline(True),
+             "in-memory loop": lambda: memory_loop}
+    figures = {name: [] for name in sides}
     for _ in range(args.repeats):
-        figures["pipeline, decode every time"] += rate(consume(its[False]), batches * bs, 1)
-        figures["pipeline, cached"] += rate(consume(its[True]), batches * bs, 1)
-        figures["in-memory loop"] += rate(memory_loop, batches * bs, 1)
+        for name, make in sides.items():
+            fn = make()
+            figures[name] += rate(fn, batches * bs, 1)
+            del fn
     limit = statistics.median(figures["in-memory loop"])
     print("\ninput alone (images/s, median):")
     for name, values in figures.items():
@@ -95,24 +103,25 @@ def main(argv=None):
     model = vae.VAE(vae.make_config(image_size=[h, w], channels=3)).build_all()
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.make_train_function()
-    const = iter(tf.data.Dataset.from_tensors(tf.constant(images[:bs])).repeat())
-    feeds = {"constant in-memory batch": const,
-             "pipeline (cadl train default)": iter(dataset.make_dataset(data, "train", bs, manifest=manifest)),
-             "pipeline, --cache no": iter(dataset.make_dataset(data, "train", bs, manifest=manifest, cache=False))}
+    feeds = {"constant in-memory batch": lambda: tf.data.Dataset.from_tensors(tf.constant(images[:bs])).repeat(),
+             "pipeline (cadl train default)": lambda: dataset.make_dataset(data, "train", bs, manifest=manifest),
+             "pipeline, --cache no": lambda: dataset.make_dataset(data, "train", bs, manifest=manifest,
+                                                                 cache=False)}
 
-    def steps(it):
+    def steps(it, count):
         def go():
-            for _ in range(args.steps):
+            for _ in range(count):
                 logs = model.train_function(it)
             float(logs["loss"])  # wait for the last step
         return go
 
-    for it in feeds.values():  # trace once, warm caches and thread pools
-        steps(it)()
     train_figures = {k: [] for k in feeds}
     for _ in range(args.repeats):
-        for name, it in feeds.items():
-            train_figures[name] += rate(steps(it), args.steps, 1)
+        for name, make in feeds.items():  # one live iterator at a time, warmed (trace, cache, threads) first
+            it = iter(make())
+            steps(it, n // bs + 2)()
+            train_figures[name] += rate(steps(it, args.steps), args.steps, 1)
+            del it
     base = statistics.median(train_figures["constant in-memory batch"])
     print("\ntraining step (steps/s, median):")
     for name, values in train_figures.items():
