@@ -75,21 +75,28 @@ def test_tensorboard_events_hold_scalars_and_images(trained):
             "reconstructions", "latent_samples"} <= tags
 
 
+def assert_same_picture(got, want):
+    # Eager and graph execution (oneDNN) may differ in the last float bits, which can flip a pixel that
+    # sits on a rounding boundary by one level; anything more is a real difference.
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert got.shape == want.shape and diff.max() <= 1 and (diff > 0).mean() < 0.001
+
+
 def test_exports_reconstruct_like_the_in_process_model(trained, data):
     out, trainer, _ = trained
     images = dataset.load_images(data, "validation", 8)
     z_in = trainer.model.encoder(images.astype(np.float32) / 255.0, training=False)[0]
     want = np.round(np.clip(trainer.model.decoder(z_in).numpy(), 0, 1) * 255).astype(np.uint8)
     inf = vae.load_inference(out)
-    assert np.array_equal(inf.reconstruct(images), want)
+    assert_same_picture(inf.reconstruct(images), want)
     np.testing.assert_allclose(inf.encode(images), z_in.numpy(), rtol=1e-5, atol=1e-5)
     sm = tf.saved_model.load(os.path.join(out, "export", "saved_model"))
     assert set(sm.signatures) >= {"encode", "decode", "reconstruct"}
     got = sm.signatures["reconstruct"](images=tf.constant(images))["images"].numpy()
-    assert np.array_equal(got, want)
+    assert_same_picture(got, want)
     z = sm.signatures["encode"](images=tf.constant(images))["z_mean"]
     np.testing.assert_allclose(z.numpy(), z_in.numpy(), rtol=1e-5, atol=1e-5)
-    assert np.array_equal(sm.signatures["decode"](z=z)["images"].numpy(), want)
+    assert_same_picture(sm.signatures["decode"](z=z)["images"].numpy(), want)
 
 
 def test_evaluate_and_warm_start(trained, data, tmp_path):
