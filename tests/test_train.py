@@ -31,7 +31,7 @@ def trained(data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "run")
     args = train.build_parser().parse_args(
         ["--data", data, "--out", out, "--max-steps", "60", "--montage-every", "20", "--log-every", "5",
-         "--lr", "3e-3"] + FAST[:-2])
+         "--lr", "3e-3", "--lr-schedule", "cosine"] + FAST[:-2])
     trainer = train.Trainer(args)
     summary = trainer.fit()
     return out, trainer, summary
@@ -73,6 +73,41 @@ def test_tensorboard_events_hold_scalars_and_images(trained):
                 tags |= {v.tag for v in event.summary.value}
     assert {"loss", "kl", "reconstruction", "learning_rate", "images_per_s", "psnr",
             "reconstructions", "latent_samples"} <= tags
+
+
+def test_learning_rate_decays_over_the_budget(trained):
+    trainer = trained[1]
+    assert train.lr_factor("cosine", 0) == 1 and train.lr_factor("cosine", 1) == 0
+    assert train.lr_factor("cosine", 0.5) == pytest.approx(0.5) and train.lr_factor("linear", 0.25) == 0.75
+    assert train.lr_factor("constant", 0.9) == 1 and train.lr_factor("linear", 2) == 0
+    # The last of 60 steps ran at cosine(59/60) of --lr 3e-3; TensorBoard saw it fall all the way.
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(3e-3 * train.lr_factor("cosine", 59 / 60))
+    lrs = []
+    folder = os.path.join(trained[0], "logs", "train")
+    for f in sorted(os.listdir(folder)):
+        for record in tf.data.TFRecordDataset(os.path.join(folder, f)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            lrs += [(event.step, tf.make_ndarray(v.tensor)) for v in event.summary.value if v.tag == "learning_rate"]
+    values = [float(v) for _, v in sorted(lrs)]
+    assert len(values) >= 10 and values == sorted(values, reverse=True) and values[-1] < 0.05 * values[0]
+
+
+def test_warm_start_keeps_the_network_it_starts_from(data, tmp_path):
+    source = str(tmp_path / "source")
+    train.run(["--data", data, "--out", source, "--max-steps", "3", "--latent", "5"] + FAST)
+    # No model flags: the new run takes the source's network (a dense code of 5), not today's preset.
+    summary = train.run(["--data", data, "--out", str(tmp_path / "warm"), "--max-steps", "3",
+                         "--init-from", source] + FAST[2:])
+    assert summary["config"]["latent"] == 5 and summary["config"]["latent_channels"] == 0
+
+
+def test_constant_learning_rate_by_default(data, tmp_path):
+    out = str(tmp_path / "run")
+    args = train.build_parser().parse_args(["--data", data, "--out", out, "--max-steps", "5", "--lr", "2e-3"]
+                                           + FAST)
+    trainer = train.Trainer(args)
+    trainer.fit()
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(2e-3)
 
 
 def assert_same_picture(got, want):
