@@ -32,6 +32,38 @@ def test_shapes_for_several_sizes(size, arch):
     assert model.decoder(np.zeros((3, 8), np.float32)).shape == (3,) + size + (3,)
 
 
+@pytest.mark.parametrize("size,widths", [((16, 16), [4, 4]), ((72, 128), [4, 4, 4])])
+def test_spatial_code_shapes(size, widths):
+    cfg = tiny(image_size=list(size), widths=widths, latent_channels=3)
+    cells = (size[0] // 2 ** len(widths)) * (size[1] // 2 ** len(widths))
+    assert cfg["latent"] == cells * 3  # derived: --latent does not apply to a spatial code
+    model = vae.VAE(cfg).build_all()
+    x = np.random.default_rng(0).integers(0, 256, (2,) + size + (3,), dtype=np.uint8)
+    z_mean, z_log_var = model.encoder(vae.to_float(tf.constant(x)))
+    assert z_mean.shape == z_log_var.shape == (2, cells * 3)
+    assert model(x).shape == (2,) + size + (3,)
+    assert model.decoder(np.zeros((1, cells * 3), np.float32)).shape == (1,) + size + (3,)
+    # Each cell's code comes from its own place in the picture: changing one corner moves the codes of the
+    # cells near it, not those of the far corner.
+    y = x.copy()
+    y[0, :4, :4] = 255 - y[0, :4, :4]
+    dz = np.abs(model.encoder(vae.to_float(tf.constant(y)))[0].numpy() - z_mean.numpy())[0].reshape(
+        size[0] // 2 ** len(widths), size[1] // 2 ** len(widths), 3)
+    assert dz[0, 0].max() > 0 and dz[-1, -1].max() == 0
+    with pytest.raises(ValueError, match="spatial code"):
+        vae.make_config(vae.COURSE, latent_channels=2)
+
+
+def test_configs_stored_before_a_knob_existed_rebuild_the_same_network(tmp_path):
+    old = {k: v for k, v in vae.make_config(latent_channels=0).items()
+           if k not in vae.LEGACY}
+    cfg = vae.make_config(vae.upgrade_config(old))
+    assert cfg["latent_channels"] == 0 and cfg["latent"] == old["latent"]
+    model = vae.VAE(cfg).build_all()
+    clone = vae.VAE.from_config({"config": old, "name": "vae"})
+    assert [w.shape for w in clone.get_weights()] == [w.shape for w in model.get_weights()]
+
+
 def test_grey_images():
     model = vae.VAE(tiny(channels=1)).build_all()
     assert model(np.zeros((1, 16, 16, 1), np.uint8)).shape == (1, 16, 16, 1)
