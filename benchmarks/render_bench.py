@@ -27,6 +27,16 @@ decoder and encoders), sampled every 20 ms from /proc (a child caught between fo
 its parent's pages, is not counted twice); the Python process's own peak is shown too.
 Goal: the two peaks within 25% of each other.
 
+Last run (2 CPU cores, quiet machine, default 64x64 model, ``--repeat 2``): (a) 1.6 s (2.6 CPU s), (b) 1.3 s (2.4 CPU
+s), both at once 2.7 s; cadl render 3.7 s frames only (2.36x the larger, 1.41x both at once), 4.3 s job, 6.5 s whole
+command; peak memory 749 MiB (60 s film) vs 756 MiB (600 s film), 1.01x. Each of (a) and (b) keeps both cores
+busy by itself, so here no overlap can come within 1.15x of the larger: the goal needs the model on an accelerator
+or cores of its own. Tried without gain on this machine (render time within noise): one TensorFlow thread per
+op with batch slices side by side (the model alone 27% faster, the render not), encoder and decoder at lower
+CPU priority (inference faster, the encoder then the slower stage), single-threaded ffmpeg, a frozen garbage
+collector (it runs for 2 ms of a render). The render's own CPU (7.6 s: 3.9 s Python and TensorFlow, 3.7 s
+ffmpeg) is about 1.5x (a)'s plus (b)'s.
+
 Without ``--model`` a model of the default architecture at ``--size`` (64x64) is trained for a few steps
 on frames extracted from a 10 s film (its quality does not matter here, only its cost). The machine may be
 shared: run it when it is quiet, and compare figures from the same run only.
