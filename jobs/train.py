@@ -145,7 +145,8 @@ def build_parser():
     o.add_argument("--validate-every", type=int, default=250,
                    help="steps between validation passes (0: only at the end)")
     o.add_argument("--log-every", type=int, default=10, help="steps between TensorBoard scalars")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: a log line per validation instead (also when stderr is not a terminal)")
 
     g = p.add_argument_group("accelerators")
     g.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32",
@@ -573,8 +574,9 @@ class Trainer:
             self.montages(images, z, writers)
         it = self.iterator
         self.model.make_train_function()
-        bar = tqdm(total=target, initial=self.step, unit="step", disable=args.no_progress, dynamic_ncols=True,
-                   desc="train", file=sys.stderr)
+        # No bar when asked, or when stderr is not a terminal (cron, CI, a log file): a log line per validation.
+        bar = tqdm(total=target, initial=self.step, unit="step", disable=True if args.no_progress else None,
+                   dynamic_ncols=True, desc="train", file=sys.stderr)
         with Stopper() as stopper:
             while True:
                 if target is not None and self.step >= target:
@@ -627,7 +629,13 @@ class Trainer:
                     self.model.reset_metrics()  # train figures are means over the last window
                     window_seconds, window_steps = 0.0, 0
                 if args.validate_every and step % args.validate_every < done:
-                    self._validate_and_log(writers)
+                    val = self._validate_and_log(writers)
+                    if bar.disable:
+                        log.info("step %d%s: train loss %.2f, PSNR %.2f dB; validation loss %.2f, PSNR %.2f dB; "
+                                 "%.0f images/s", step, f"/{target}" if target else "",
+                                 train_logs.get("loss", loss), train_logs.get("psnr", float("nan")),
+                                 val.get("loss", float("nan")), val.get("psnr", float("nan")),
+                                 train_steps * args.batch_size / max(train_seconds, 1e-9))
                 if args.montage_every and step % args.montage_every < done:
                     self.montages(images, z, writers)
                 if (step - last_ckpt_step >= args.checkpoint_every

@@ -101,6 +101,15 @@ def test_warm_start_keeps_the_network_it_starts_from(data, tmp_path):
     assert summary["config"]["latent"] == 5 and summary["config"]["latent_channels"] == 0
 
 
+def test_without_a_bar_each_validation_logs_a_line(data, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cadl.train")
+    train.run(["--data", data, "--out", str(tmp_path / "run"), "--max-steps", "10", "--validate-every", "5"]
+              + FAST)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split(":")[0] for line in lines[:2]] == ["step 5/10", "step 10/10"]
+    assert "validation loss" in lines[0] and "images/s" in lines[0]
+
+
 def test_constant_learning_rate_by_default(data, tmp_path):
     out = str(tmp_path / "run")
     args = train.build_parser().parse_args(["--data", data, "--out", out, "--max-steps", "5", "--lr", "2e-3"]
