@@ -176,13 +176,6 @@ class RecordEncoder:
         return _field(1, body)
 
 
-def _masked_crc(data):
-    import google_crc32c  # C implementation; Beam's own fallback (crcmod) is pure Python
-
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 class TFRecordFile:
     """One shard being written: TFRecord framing (length, masked CRC32C of length, data, masked CRC32C)."""
 
@@ -193,8 +186,8 @@ class TFRecordFile:
 
     def write(self, key, record):
         header = struct.pack("<Q", len(record))
-        self._file.write(header + struct.pack("<I", _masked_crc(header)) + record +
-                         struct.pack("<I", _masked_crc(record)))
+        self._file.write(header + struct.pack("<I", schema.masked_crc32c(header)) + record +
+                         struct.pack("<I", schema.masked_crc32c(record)))
         self.count += 1
         self.bytes += len(record) + 16
         if self.first_key is None or key < self.first_key:

@@ -182,12 +182,6 @@ def read_records(folder, split=None):
 def tfrecords(data):
     """The records of an uncompressed TFRecord file's bytes: (length, masked CRC32C of the length, data, masked
     CRC32C of the data) each; raises ``ValueError`` at a cut-off record or a wrong checksum."""
-    import google_crc32c
-
-    def masked(chunk):
-        crc = google_crc32c.value(chunk)
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
     at = 0
     while at < len(data):
         if at + 12 > len(data):
@@ -198,7 +192,7 @@ def tfrecords(data):
         if at > len(data):
             raise ValueError(f"a TFRecord of {length} bytes is cut off at byte {start}")
         record = data[start:start + length]
-        if masked(data[start - 12:start - 4]) != length_crc or masked(record) != struct.unpack_from("<I", data,
-                                                                                                     at - 4)[0]:
+        (record_crc,) = struct.unpack_from("<I", data, at - 4)
+        if schema.masked_crc32c(data[start - 12:start - 4]) != length_crc or schema.masked_crc32c(record) != record_crc:
             raise ValueError(f"the TFRecord at byte {start - 12} fails its checksum")
         yield record

@@ -140,6 +140,14 @@ def decode_record(serialized):
     return out
 
 
+def masked_crc32c(data):
+    """The checksum of TFRecord framing: CRC32C of ``data``, rotated and offset as TensorFlow masks it."""
+    import google_crc32c  # C implementation; Beam's own fallback (crcmod) is pure Python
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def shard_name(split, shard, num_shards, compressed=False, tag=""):
     """``train-00003-of-00012.tfrecord`` (``tag`` e.g. ``r0002-`` for an incremental addition)."""
     suffix = ".tfrecord.gz" if compressed else ".tfrecord"
