@@ -316,11 +316,11 @@ class Trainer:
         elif os.path.isdir(self.out) and os.listdir(self.out):
             if os.path.exists(self.ckpt_dir):
                 raise CadlError(f"{self.out}: has checkpoints but no config.json; use a new --out folder")
-        base = None
-        if stored is None and args.init_from and not os.path.exists(self.ckpt_dir):
+        source = None
+        if stored is None and args.init_from:  # a new run's warm start keeps the network it starts from
             from models import vae
-            base = vae.load_model(args.init_from).config  # a warm start keeps the network it starts from
-        self.config = model_config(args, self.manifest, stored, base)
+            source = vae.load_model(args.init_from)
+        self.config = model_config(args, self.manifest, stored, source.config if source is not None else None)
 
         keras.utils.set_random_seed(args.seed)
         keras.mixed_precision.set_global_policy(args.precision)
@@ -361,7 +361,7 @@ class Trainer:
                 self._make_manager()
             log.info("resumed from step %d", self.step)
         elif args.init_from:
-            self._warm_start(args.init_from)
+            self._warm_start(args.init_from, source)
         atomic.write_json(config_path, {
             "model": self.config, "image_size": self.config["image_size"], "channels": self.config["channels"],
             "fit": self.config["fit"], "data": os.path.abspath(args.data) if "://" not in args.data else args.data,
@@ -372,10 +372,12 @@ class Trainer:
     def step(self):
         return int(self.optimizer.iterations.numpy())
 
-    def _warm_start(self, path):
+    def _warm_start(self, path, source=None):
+        """Start from the weights of the model at ``path`` (``source``: that model, when already loaded)."""
         from models import vae
 
-        source = vae.load_model(path)
+        if source is None:
+            source = vae.load_model(path)
         check_compatible(source.config, self.manifest, path, self.args.data)
         arch = ("arch", "widths", "blocks", "latent", "latent_channels", "hidden", "norm")
         if any(source.config[k] != self.config[k] for k in arch):
