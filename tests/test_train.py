@@ -62,15 +62,17 @@ def test_run_folder_contents(trained, data):
         assert os.listdir(os.path.join(out, "logs", name))
 
 
+def tb_values(out, name):
+    """(step, summary value) of every value in RUN/logs/NAME's TensorBoard event files."""
+    folder = os.path.join(out, "logs", name)
+    for f in sorted(os.listdir(folder)):
+        for record in tf.data.TFRecordDataset(os.path.join(folder, f)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            yield from ((event.step, v) for v in event.summary.value)
+
+
 def test_tensorboard_events_hold_scalars_and_images(trained):
-    out = trained[0]
-    tags = set()
-    for name in ("train", "validation"):
-        folder = os.path.join(out, "logs", name)
-        for f in os.listdir(folder):
-            for record in tf.data.TFRecordDataset(os.path.join(folder, f)):
-                event = tf.compat.v1.Event.FromString(record.numpy())
-                tags |= {v.tag for v in event.summary.value}
+    tags = {v.tag for name in ("train", "validation") for _, v in tb_values(trained[0], name)}
     assert {"loss", "kl", "reconstruction", "learning_rate", "images_per_s", "psnr",
             "reconstructions", "latent_samples"} <= tags
 
@@ -82,13 +84,9 @@ def test_learning_rate_decays_over_the_budget(trained):
     assert train.lr_factor("constant", 0.9) == 1 and train.lr_factor("linear", 2) == 0
     # The last of 60 steps ran at cosine(59/60) of --lr 3e-3; TensorBoard saw it fall all the way.
     assert float(trainer.optimizer.learning_rate) == pytest.approx(3e-3 * train.lr_factor("cosine", 59 / 60))
-    lrs = []
-    folder = os.path.join(trained[0], "logs", "train")
-    for f in sorted(os.listdir(folder)):
-        for record in tf.data.TFRecordDataset(os.path.join(folder, f)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            lrs += [(event.step, tf.make_ndarray(v.tensor)) for v in event.summary.value if v.tag == "learning_rate"]
-    values = [float(v) for _, v in sorted(lrs)]
+    lrs = [(step, float(tf.make_ndarray(v.tensor))) for step, v in tb_values(trained[0], "train")
+           if v.tag == "learning_rate"]
+    values = [v for _, v in sorted(lrs)]
     assert len(values) >= 10 and values == sorted(values, reverse=True) and values[-1] < 0.05 * values[0]
 
 
