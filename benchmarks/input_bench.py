@@ -24,14 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def rate(fn, count, repeats):
-    """Median of ``repeats`` timings of fn() -> items/s (``count`` items per call)."""
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(count / (time.perf_counter() - t))
-    return out
+def rate(fn, count):
+    """Items per second of one call of fn(), which handles ``count`` items."""
+    t = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - t)
 
 
 def main(argv=None):
@@ -90,7 +87,7 @@ def main(argv=None):
     for _ in range(args.repeats):
         for name, make in sides.items():
             fn = make()
-            figures[name] += rate(fn, batches * bs, 1)
+            figures[name].append(rate(fn, batches * bs))
             del fn
     limit = statistics.median(figures["in-memory loop"])
     print("\ninput alone (images/s, median):")
@@ -120,7 +117,7 @@ def main(argv=None):
         for name, make in feeds.items():  # one live iterator at a time, warmed (trace, cache, threads) first
             it = iter(make())
             steps(it, n // bs + 2)()
-            train_figures[name] += rate(steps(it, args.steps), args.steps, 1)
+            train_figures[name].append(rate(steps(it, args.steps), args.steps))
             del it
     base = statistics.median(train_figures["constant in-memory batch"])
     print("\ntraining step (steps/s, median):")

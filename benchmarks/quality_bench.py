@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -85,9 +86,7 @@ def main(argv=None):
         name, _, flags = spec.partition("=")
         extra = BASELINES[name] if not flags else shlex.split(flags)
         out = os.path.join(work, f"run-{name}")
-        if os.path.exists(out):
-            import shutil
-            shutil.rmtree(out)
+        shutil.rmtree(out, ignore_errors=True)
         t = time.time()
         summary = train.run(["--data", train_data, "--out", out, "--max-seconds", str(args.budget),
                              "--no-progress", "--montage-every", "0"] + extra)
