@@ -9,10 +9,10 @@ decoder -> back into the source picture's geometry at the output size (the inver
 reconstruction lands on the region the model saw, black around it; a pad's bars are cut off; a stretch is
 undone) -> optional blend with the original and side-by-side -> the encoder (``pipelines.video_out``).
 
-Decoding (an ffmpeg process, two with the original, and a thread), inference (the main thread) and encoding (a thread feeding an
-ffmpeg process per segment, another thread committing finished segments) overlap through bounded queues,
-so the render runs at about the speed of its slowest stage and holds a few batches of frames whatever the
-film's length.
+Decoding (an ffmpeg process, two with the original, and a thread), inference (the main thread) and encoding
+(a thread feeding an ffmpeg process per segment, another thread committing finished segments) overlap through
+bounded queues, so the render runs at about the speed of its slowest stage and holds a few batches of frames
+whatever the film's length.
 
 Work is committed in segments of ``--segment-seconds`` in ``OUT.parts/`` (``seg-00000.mp4``, ... and
 ``state.json``); a rerun of the same command resumes at the first unfinished segment ("resuming at frame

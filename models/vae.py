@@ -60,8 +60,8 @@ LEGACY = {"latent_channels": 0}
 TINY = {"image_size": [16, 16], "widths": [8, 16], "latent": 8, "latent_channels": 0, "blocks": 1, "beta_warmup": 0}
 
 # The lesson's hyperparameters (CADL session 3), for the quality baseline.
-COURSE = {"arch": "course", "widths": [100, 100, 100], "hidden": 250, "latent": 100, "latent_channels": 0, "norm": "batch",
-          "activation": "sigmoid", "dropout": 0.2, "loss": "sse", "beta": 1.0, "beta_warmup": 0}
+COURSE = {"arch": "course", "widths": [100, 100, 100], "hidden": 250, "latent": 100, "latent_channels": 0,
+          "norm": "batch", "activation": "sigmoid", "dropout": 0.2, "loss": "sse", "beta": 1.0, "beta_warmup": 0}
 
 
 def upgrade_config(stored):
