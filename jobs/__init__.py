@@ -3,7 +3,7 @@
 import logging
 import sys
 
-JOBS = ("extract", "train", "render", "retrain", "autoencoder", "classifier", "demo")
+JOBS = ("extract", "train", "render", "retrain", "info", "autoencoder", "classifier", "demo")
 
 
 def main(run, argv=None):

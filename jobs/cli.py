@@ -16,6 +16,7 @@ jobs:
   train        train the convolutional VAE on extracted shards
   render       re-render a film through a trained VAE
   retrain      scheduled step: extract what is new, warm-start, evaluate, promote
+  info         what cadl sees in a film: streams, size and aspect, rotation, fields, rate, frames, audio
   autoencoder  the course's autoencoders on MNIST / CIFAR-10 / CelebA / an image folder
   classifier   the course's linear and convolutional classifiers
   demo         generate two films, extract, train, render: the whole loop in minutes on a CPU
@@ -33,7 +34,7 @@ def main(argv=None):
     if name not in JOBS:
         print(f"cadl: unknown job {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    quiet_imports(tensorflow=name != "extract",  # extraction never needs TensorFlow
+    quiet_imports(tensorflow=name not in ("extract", "info"),  # extraction never needs TensorFlow
                   beam=name in ("extract", "retrain", "demo") or any(a.startswith("--runner") for a in rest))
     module = importlib.import_module(f"jobs.{name}")
     return run_job(module.run, rest)

@@ -90,6 +90,12 @@ def build_parser():
                    help="skip the first SECONDS of each film (default: 0)")
     g.add_argument("--end", type=float, default=None, metavar="SECONDS",
                    help="stop at SECONDS into each film (default: its end)")
+    g.add_argument("--keep-fields", action="store_true",
+                   help="interlaced films: keep each frame's two fields woven together as stored (default: "
+                        "deinterlace them with ffmpeg's bwdif, one frame per frame)")
+    g.add_argument("--stall-seconds", type=float, default=120.0, metavar="SECONDS",
+                   help="stop an ffmpeg process whose output has not moved for SECONDS and skip what it was "
+                        "reading, reported as one line (default: %(default)s)")
     g.add_argument("--segment-seconds", type=float, default=10.0, metavar="SECONDS",
                    help="least length of the pieces a film is cut into (each starts right after a keyframe, "
                         "where decoding is cheap); each is a separate work item, so one long film keeps every "
@@ -136,6 +142,7 @@ def _settings(args, output):
               (0 <= args.validation_fraction <= 1, "--validation-fraction must be in 0..1"),
               (args.validation_block > 0, "--validation-block must be > 0"),
               (args.segment_seconds > 0, "--segment-seconds must be > 0"),
+              (args.stall_seconds > 0, "--stall-seconds must be > 0"),
               (args.shard_mb > 0, "--shard-mb must be > 0"), (args.num_shards >= 0, "--num-shards must be >= 0"),
               (args.crop_factor is None or 0 < args.crop_factor <= 1, "--crop-factor must be in (0, 1]")]
     for ok, message in checks:
@@ -147,6 +154,7 @@ def _settings(args, output):
         validation_fraction=args.validation_fraction, validation_block=args.validation_block,
         segment_seconds=args.segment_seconds, compression="GZIP" if args.compression == "gzip" else "",
         shard_bytes=int(args.shard_mb * 2 ** 20), num_shards=args.num_shards,
+        deinterlace="off" if args.keep_fields else "auto", stall_seconds=args.stall_seconds,
         tmp_dir=storage.join(output, f".cadl-extract-{uuid.uuid4().hex[:12]}"))
 
 
@@ -157,7 +165,8 @@ def _options_record(args, settings):
             "every": settings.every, "fps": settings.fps, "start": settings.start, "end": settings.end,
             "segment_seconds": settings.segment_seconds, "compression": settings.compression,
             "shard_mb": args.shard_mb, "num_shards": settings.num_shards,
-            "validation_fraction": settings.validation_fraction, "validation_block": settings.validation_block}
+            "validation_fraction": settings.validation_fraction, "validation_block": settings.validation_block,
+            "deinterlace": settings.deinterlace}
 
 
 def _check_output(output):
@@ -375,10 +384,11 @@ def _run_pipeline(settings, new, celebas, beam_args):
 def _finalize(args, settings, header, old, new, result, output, problems):
     """Rename the parts into shards, build and write the manifest, mean/std images. Returns
     (manifest, moments, skipped this run, [new file dicts])."""
+    from pipelines import extract
     from pipelines import manifest as mf
     from pipelines import schema
 
-    facts, counts, bad, partial, parts = {}, {}, {}, {}, {}
+    facts, counts, bad, partial, parts, lost = {}, {}, {}, {}, {}, {}
     for entry in result["report"]:
         kind = entry[0]
         if kind == "facts":
@@ -389,6 +399,8 @@ def _finalize(args, settings, header, old, new, result, output, problems):
             bad.setdefault(entry[1], entry[2])
         elif kind == "segment_error":
             partial.setdefault(entry[1], entry[2])
+        elif kind == "lost":
+            lost[entry[1]] = extract.merge_lost(lost.get(entry[1]), entry[2])
         elif kind == "part":
             parts.setdefault(entry[1], []).append(entry[2])
     if not any(counts.values()):
@@ -416,7 +428,14 @@ def _finalize(args, settings, header, old, new, result, output, problems):
         if n:
             entry = {"kind": item.kind, "size": item.size, "mtime": item.mtime, "count": n}
             entry.update({k: v for k, v in facts.get(item.path, {}).items() if k not in entry})
-            if item.path in partial:
+            if item.path in lost:
+                # Damage is reported once per film: where, and how much, whatever the segments saw.
+                entry["lost_frames"] = lost[item.path]
+                entry["damaged"] = partial.get(item.path) or "frames that could not be decoded"
+                log.warning("%s: damaged: %d frames between %.3f s and %.3f s could not be decoded; kept the "
+                            "%d records it has", item.path, lost[item.path]["frames"], lost[item.path]["from"],
+                            lost[item.path]["to"], n)
+            elif item.path in partial:
                 entry["damaged"] = partial[item.path]
                 log.warning("%s: kept the %d frames it has (%s)", item.path, n, partial[item.path])
             sources_entry[item.path] = entry

@@ -95,6 +95,13 @@ def build_parser():
                    help="average each frame's latent z over the K frames centred on it (K rounded up to "
                         "odd) before decoding, to reduce flicker (default: 1 = off)")
     p.add_argument("--no-audio", action="store_true", help="leave the source's audio out")
+    p.add_argument("--audio-track", type=int, default=0, metavar="N",
+                   help="which of the source's audio tracks to keep, counted from 0 (default: 0, the first; "
+                        "`cadl info FILM` lists them)")
+    p.add_argument("--keep-fields", action="store_true",
+                   help="interlaced films: do not deinterlace (default: deinterlace, as extraction does)")
+    p.add_argument("--stall-seconds", type=float, default=media.STALL_SECONDS, metavar="SECONDS",
+                   help="give up on an ffmpeg process whose output has not moved for SECONDS (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per model call (default: 16)")
     p.add_argument("--segment-seconds", type=float, default=10.0,
                    help="length of the committed segments in seconds of film: what a crash can lose and "
@@ -262,6 +269,8 @@ class Plan:
     segments: tuple            # ((start, stop), ...) frame ranges
     smooth: int = 1
     batch_size: int = 16
+    deinterlace: str = "auto"  # media.DEINTERLACE
+    stall_seconds: float = media.STALL_SECONDS
 
     def segment_path(self, k):
         return os.path.join(self.parts, video_out.segment_name(k, self.fmt))
@@ -273,7 +282,7 @@ class Plan:
 _END = object()
 
 
-def decode_frames(info, layout, start, stop):
+def decode_frames(info, layout, start, stop, deinterlace="auto", stall_seconds=None):
     """Yield ``(index, model input, source frame or None)`` for frames [start, stop) of the film.
 
     The model's input comes out of ffmpeg already fitted, by the scaler extraction fitted the training
@@ -282,13 +291,15 @@ def decode_frames(info, layout, start, stop):
     (``layout.needs_source``), a second decoder gives it at its own size, in step, so a side-by-side or a
     blend shows the same reconstruction as a plain render. A frame only one decoder could give is skipped
     (the caller counts it missing)."""
-    fitted = media.read_frames(info.path, size=layout.model, fit=layout.fit, info=info, start=start, stop=stop)
+    fitted = media.read_frames(info.path, size=layout.model, fit=layout.fit, info=info, start=start, stop=stop,
+                               deinterlace=deinterlace, stall_seconds=stall_seconds)
     if not layout.needs_source:
         with contextlib.closing(fitted):
             for index, _, frame in fitted:
                 yield index, frame, None
         return
-    full = media.read_frames(info.path, info=info, start=start, stop=stop)
+    full = media.read_frames(info.path, info=info, start=start, stop=stop, deinterlace=deinterlace,
+                             stall_seconds=stall_seconds)
     with contextlib.closing(fitted), contextlib.closing(full):
         a, b = next(fitted, None), next(full, None)
         while a is not None and b is not None:
@@ -376,7 +387,8 @@ def render_segments(plan, model, seg_ids, progress=None, on_commit=None):
             put(frames_q, ("run", first, last, lo, hi))
             expected, previous = lo, None
             t = time.perf_counter()
-            with contextlib.closing(decode_frames(info, layout, lo, hi)) as frames:
+            with contextlib.closing(decode_frames(info, layout, lo, hi, plan.deinterlace,
+                                                  plan.stall_seconds)) as frames:
                 for index, x, frame in frames:
                     stats["seconds"]["decode"] += time.perf_counter() - t
                     item = (x, frame)
@@ -579,7 +591,7 @@ def _fingerprint(args, info, model_file, plan):
     what = {"input": [os.path.abspath(info.path), info.size_bytes, info.mtime],
             "model": [os.path.realpath(model_file), stat.st_size, stat.st_mtime],
             "layout": dataclasses.asdict(plan.layout), "format": dataclasses.asdict(plan.fmt),
-            "smooth": plan.smooth, "batch_size": plan.batch_size}
+            "smooth": plan.smooth, "batch_size": plan.batch_size, "deinterlace": plan.deinterlace}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -694,7 +706,11 @@ def run(argv=None):
     fmt = video_out.output_format(args.output, args.codec, args.crf, args.preset, args.pix_fmt,
                                   args.prores_profile)
     out = _check_paths(args, fmt)
-    info = media.probe(args.input)
+    info = media.probe(args.input, args.stall_seconds)
+    if not args.no_audio and info.audio_tracks and not 0 <= args.audio_track < len(info.audio_tracks):
+        raise CadlError(f"{args.input}: --audio-track {args.audio_track}: the film has "
+                        f"{len(info.audio_tracks)} audio track{'s' if len(info.audio_tracks) != 1 else ''} "
+                        f"(0..{len(info.audio_tracks) - 1})")
     t = time.time()
     model, model_file = _load_model(args.model)
     load_seconds = time.time() - t
@@ -702,7 +718,8 @@ def run(argv=None):
     work = WorkFolder(out)
     plan = Plan(info=info, layout=layout, fmt=fmt, parts=work.path,
                 segments=tuple(info.segments(args.segment_seconds)),
-                smooth=args.smooth + (1 - args.smooth % 2), batch_size=args.batch_size)
+                smooth=args.smooth + (1 - args.smooth % 2), batch_size=args.batch_size,
+                deinterlace="off" if args.keep_fields else "auto", stall_seconds=args.stall_seconds)
     done = work.open(_fingerprint(args, info, model_file, plan), plan.segments, fmt)
     pending = [k for k in range(len(plan.segments)) if k not in done]
     resumed_at = plan.segments[pending[0]][0] if done and pending else (info.num_frames if done else 0)
@@ -740,6 +757,10 @@ def run(argv=None):
         "model_size": list(layout.model), "fit": layout.fit, "segments": len(plan.segments),
         "resumed_at_frame": resumed_at if done else None, "frames_rendered_now": stats["frames"],
         "missing_source_frames": stats["missing_source_frames"],
+        "source_display": {"width": info.width, "height": info.height, "rotation": info.rotation,
+                           "sar": str(info.sar), "field_order": info.field_order,
+                           "deinterlaced": info.interlaced and plan.deinterlace == "auto"},
+        "audio_track": args.audio_track if info.audio_tracks and not args.no_audio else None,
         "options": {"side_by_side": args.side_by_side, "blend": args.blend, "smooth": plan.smooth,
                     "batch_size": args.batch_size, "segment_seconds": args.segment_seconds,
                     "crf": args.crf if fmt.codec == "h264" else None,
@@ -747,7 +768,8 @@ def run(argv=None):
     }
     if fmt.is_sequence:
         staging = os.path.join(work.path, "final")
-        joined = video_out.join_sequence(seg_paths, staging, info, keep_audio=not args.no_audio)
+        joined = video_out.join_sequence(seg_paths, staging, info, keep_audio=not args.no_audio,
+                                         audio_track=args.audio_track)
         summary.update(frames=joined["frames"], duration=info.duration, audio=joined["audio"],
                        audio_codec=joined["audio_codec"], audio_kept=joined["audio"] is not None)
         _finish_summary(summary, stats, render_seconds, time.time() - t, started)
@@ -755,7 +777,8 @@ def run(argv=None):
         video_out.publish(staging, out)
         summary_path = os.path.join(out, "summary.json")
     else:
-        joined = video_out.join(seg_paths, plan.segments, out, fmt, info, keep_audio=not args.no_audio)
+        joined = video_out.join(seg_paths, plan.segments, out, fmt, info, keep_audio=not args.no_audio,
+                                audio_track=args.audio_track)
         result = joined["info"]
         summary.update(frames=result.num_frames, duration=result.duration, audio=joined["audio"],
                        audio_codec=joined["audio_codec"], audio_kept=joined["audio"] is not None)

@@ -441,6 +441,8 @@ class Retrain:
             value = stored.get(option) if value is None else value
             if value is not None:
                 argv += ["--" + option.replace("_", "-"), str(value)]
+        if stored.get("deinterlace") == "off":
+            argv += ["--keep-fields"]
         _say(f"[1/4] extract (incremental) into {self.wd.data}")
         t = time.time()
         extracted = extract.run(argv)

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import struct
-import subprocess
 import uuid
 import zipfile
 import zlib
@@ -47,7 +46,6 @@ from apache_beam.transforms.window import GlobalWindows
 from pipelines import geometry, media, schema, storage
 from pipelines.celeba import CelebA
 from pipelines.errors import CadlError
-from pipelines.synthetic import ffmpeg_exe
 
 log = logging.getLogger("cadl.extract")
 
@@ -78,6 +76,8 @@ class Settings:
     num_shards: int = 0          # > 0: exactly this many shards per split (at most; empty ones dropped)
     tmp_dir: str = ""            # where parts, the report and the moments go before finalizing
     decoder_threads: int = 1     # ffmpeg decoder threads per segment (parallelism comes from workers)
+    deinterlace: str = "auto"    # media.DEINTERLACE: "auto" deinterlaces interlaced films, "off" keeps fields
+    stall_seconds: float = media.STALL_SECONDS  # an ffmpeg process silent this long: the input is skipped
 
     @property
     def suffix(self):
@@ -95,18 +95,23 @@ def still_split(rel, fraction):
     return "validation" if unit_hash("image", rel) < fraction else "train"
 
 
-def validation_blocks(name, duration, block, fraction):
+def validation_blocks(name, duration, block, fraction, timestamps=None):
     """Indices of the ``block``-second blocks of film ``name`` that go to validation.
 
     A block is chosen when the hash of (name, block) falls below ``fraction``; a film with two or more blocks
     and none chosen gives its lowest-hashed block, so every film of some length has validation frames.
+    With ``timestamps`` (every frame's seconds from the first) only blocks that hold a frame are candidates:
+    nothing here is sized by a duration a header merely claims.
     """
     if fraction <= 0 or block <= 0:
         return frozenset()
-    count = max(1, math.ceil(duration / block))
-    hashes = {b: unit_hash("film", name, b) for b in range(count)}
+    if timestamps is not None:
+        candidates = sorted({int(t // block) for t in timestamps})
+    else:
+        candidates = range(max(1, math.ceil(duration / block)))
+    hashes = {b: unit_hash("film", name, b) for b in candidates}
     chosen = {b for b, h in hashes.items() if h < fraction}
-    if not chosen and count >= 2:
+    if not chosen and len(hashes) >= 2:
         chosen = {min(hashes, key=hashes.get)}
     return frozenset(chosen)
 
@@ -329,7 +334,7 @@ class PlanFilm(beam.DoFn):
             yield _skip(self.bad, item.path, "not media (a text file)")
             return
         try:
-            info = media.probe(local)
+            info = media.probe(local, s.stall_seconds)
         except media.MediaError as e:
             yield _skip(self.bad, item.path, str(e).replace(f"{local}: ", "", 1))
             return
@@ -341,16 +346,19 @@ class PlanFilm(beam.DoFn):
         facts = {"kind": "film", "size": item.size, "mtime": item.mtime, "num_frames": info.num_frames,
                  "fps": f"{info.fps.numerator}/{info.fps.denominator}", "vfr": info.vfr,
                  "duration": info.duration, "width": info.width, "height": info.height,
-                 "video_codec": info.video_codec, "audio_codec": info.audio_codec}
+                 "video_codec": info.video_codec, "audio_codec": info.audio_codec,
+                 "coded_size": [info.coded_width, info.coded_height], "sar": str(info.sar),
+                 "rotation": info.rotation, "field_order": info.field_order, "pix_fmt": info.pix_fmt,
+                 "start_time": info.start_time, "probe": info.probe_method,
+                 "deinterlaced": info.interlaced and s.deinterlace == "auto"}
         if lo >= hi:
             yield beam.pvalue.TaggedOutput("report", ("facts", item.path, facts))
             yield _skip(self.bad, item.path, f"no frames between {s.start} s and {s.end} s")
             return
         blocks = validation_blocks(os.path.basename(item.path), info.duration, s.validation_block,
-                                   s.validation_fraction)
-        keyframes = keyframe_indices(info)
-        ranges = keyframe_segments(info, keyframes, s.segment_seconds, lo, hi)
-        facts.update(keyframes=len(keyframes), segments=len(ranges))
+                                   s.validation_fraction, (float((p - info.pts[0]) * tb) for p in info.pts))
+        ranges = media.keyframe_segments(info, info.keyframes, s.segment_seconds, lo, hi)
+        facts.update(keyframes=len(info.keyframes), segments=len(ranges))
         yield beam.pvalue.TaggedOutput("report", ("facts", item.path, facts))
         log.info("%s: %d frames, %s fps, %.1f s: %d segment%s", item.path, info.num_frames, facts["fps"],
                  info.duration, len(ranges), "" if len(ranges) == 1 else "s")
@@ -359,54 +367,9 @@ class PlanFilm(beam.DoFn):
             # work item stays small however long the film is.
             window = _PtsWindow(info.pts, max(0, a - 1), b)
             self.segments.inc()
-            yield {"path": item.path, "size": item.size, "info": dataclasses.replace(info, path=item.path, pts=window),
+            yield {"path": item.path, "size": item.size,
+                   "info": dataclasses.replace(info, path=item.path, pts=window, keyframes=()),
                    "start": a, "stop": b, "first": lo, "blocks": blocks, "number": number, "of": len(ranges)}
-
-
-def keyframe_indices(info):
-    """Sorted frame indices (presentation order) of the film's keyframes, from a demux without decoding.
-
-    ``framecrc`` marks every packet that is not a keyframe with ``F=0x...`` (without bit 1); a keyframe's line
-    has no flags field. An empty list when the scan fails: the caller then cuts by time alone.
-    """
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts", "-i", info.path,
-           "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    keys = []
-    for line in proc.stdout.decode(errors="replace").splitlines():
-        if not line or line.startswith("#"):
-            continue
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) < 6 or fields[0] != "0" or not fields[2].lstrip("-").isdigit():
-            continue
-        flags = next((f[2:] for f in fields[6:] if f.startswith("F=")), None)
-        if flags is None or int(flags, 16) & 1:
-            keys.append(int(fields[2]))
-    index = {p: i for i, p in enumerate(info.pts)}
-    return sorted(index[p] for p in keys if p in index)
-
-
-def keyframe_segments(info, keyframes, seconds, lo, hi):
-    """Cut frames lo..hi-1 into [start, stop) ranges of at least ``seconds`` where decoding is cheap.
-
-    A segment is decoded by seeking just before its first frame, and ffmpeg then starts at the keyframe
-    before that point. Starting segments on the frame right after a keyframe costs one wasted frame; a cut
-    by time alone can cost a whole GOP per segment (250 frames with x264's defaults). Without keyframe
-    information (an empty list) the cut is by time, as ``VideoInfo.segments`` does.
-    """
-    if lo >= hi:
-        return []
-    if not keyframes:
-        ranges = [(max(a, lo), min(b, hi)) for a, b in info.segments(seconds)]
-        return [(a, b) for a, b in ranges if a < b]
-    step = Fraction(str(seconds)) / info.time_base
-    candidates = [k + 1 for k in keyframes if lo < k + 1 < hi]
-    bounds = [lo]
-    for c in candidates:
-        if info.pts[c] - info.pts[bounds[-1]] >= step:
-            bounds.append(c)
-    bounds.append(hi)
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _is_text(path):
@@ -501,9 +464,13 @@ class DecodeFilmSegment(beam.DoFn):
         keep = _selected(segment, s)
         prefixes = {split: self.encoder.prefix(path, split) for split in ("train", "validation")}
         blocks, moments, count = segment["blocks"], _Moments(s.size), 0
+        decoded = []   # indices the decoder gave: what it could not give is reported as lost
         try:
             for index, timestamp, rgb in media.read_frames(info.path, s.size, s.fit, segment["start"],
-                                                           segment["stop"], info=info, threads=s.decoder_threads):
+                                                           segment["stop"], info=info, threads=s.decoder_threads,
+                                                           deinterlace=s.deinterlace,
+                                                           stall_seconds=s.stall_seconds):
+                decoded.append(index)
                 if keep is not None and index not in keep:
                     continue
                 split = "validation" if blocks and int(timestamp // s.validation_block) in blocks else "train"
@@ -517,12 +484,33 @@ class DecodeFilmSegment(beam.DoFn):
             reason = str(e).replace(f"{info.path}: ", "", 1)
             log.warning("%s: %s", path, reason)
             yield beam.pvalue.TaggedOutput("report", ("segment_error", path, reason))
+        lost = lost_frames(info, segment["start"], segment["stop"], decoded)
+        if lost:
+            yield beam.pvalue.TaggedOutput("report", ("lost", path, lost))
         self.records.inc(count)
         log.info("%s: segment %d/%d done (frames %d-%d, %d records)", os.path.basename(path), segment["number"],
                  segment["of"], segment["start"], segment["stop"] - 1, count)
         yield beam.pvalue.TaggedOutput("report", ("count", path, count))
         if count:
             yield beam.pvalue.TaggedOutput("moments", moments.value())
+
+
+def lost_frames(info, start, stop, decoded):
+    """{"frames": N, "from": seconds, "to": seconds} for the frames of [start, stop) the decoder did not give
+    (``decoded``: the indices it gave, in order), or None when it gave them all."""
+    if len(decoded) == stop - start:
+        return None
+    got = set(decoded)
+    missing = [i for i in range(start, stop) if i not in got]
+    return {"frames": len(missing), "from": round(info.timestamp(missing[0]), 3),
+            "to": round(info.timestamp(missing[-1]), 3)}
+
+
+def merge_lost(a, b):
+    """One film's lost-frame reports from several segments, as one."""
+    if not a:
+        return b
+    return {"frames": a["frames"] + b["frames"], "from": min(a["from"], b["from"]), "to": max(a["to"], b["to"])}
 
 
 class DecodeStills(beam.DoFn):

@@ -315,22 +315,28 @@ def segment_times(info, segments):
 def _start_time(path):
     """The container's start time in seconds (what ffmpeg subtracts from every stream of an input)."""
     proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=media.STALL_SECONDS)
     match = re.search(r"Duration: [^,]*, start: (-?[\d.]+)", proc.stderr.decode(errors="replace"))
     return float(match.group(1)) if match else 0.0
 
 
-def audio_plan(fmt, source_info, keep_audio=True):
-    """"copy", "reencode" or None (no audio) for muxing ``source_info``'s audio into ``fmt``."""
+def audio_plan(fmt, source_info, keep_audio=True, audio_track=0):
+    """"copy", "reencode" or None (no audio) for muxing audio track ``audio_track`` of ``source_info``
+    into ``fmt``."""
     if not keep_audio or not source_info.has_audio:
         return None
     if fmt.is_sequence:
         return "copy"  # into audio.mka: Matroska takes any codec
     allowed = _AUDIO_COPY[fmt.muxer]
-    return "copy" if allowed is None or source_info.audio_codec in allowed else "reencode"
+    return "copy" if allowed is None or _audio_codec(source_info, audio_track) in allowed else "reencode"
 
 
-def join(segment_paths, segments, output, fmt, source_info, keep_audio=True):
+def _audio_codec(info, track):
+    tracks = getattr(info, "audio_tracks", ())
+    return tracks[track].codec if track < len(tracks) else info.audio_codec
+
+
+def join(segment_paths, segments, output, fmt, source_info, keep_audio=True, audio_track=0):
     """Concatenate the encoded files of ``segments`` ([start, stop) frame ranges) losslessly into
     ``output`` with the source's audio.
 
@@ -347,7 +353,7 @@ def join(segment_paths, segments, output, fmt, source_info, keep_audio=True):
         f.write("ffconcat version 1.0\n")
         for k, p in enumerate(segment_paths):
             f.write(f"file '{os.path.abspath(p)}'\nduration {micros[k + 1] - micros[k]}us\n")
-    plan = audio_plan(fmt, source_info, keep_audio)
+    plan = audio_plan(fmt, source_info, keep_audio, audio_track)
     # The video starts where it starts in the source, relative to the source's earliest stream, so that
     # audio copied with its own timestamps stays in sync.
     offset = 0.0
@@ -359,7 +365,7 @@ def join(segment_paths, segments, output, fmt, source_info, keep_audio=True):
             cmd += ["-itsoffset", f"{offset:.6f}"]
         cmd += ["-f", "concat", "-safe", "0", "-i", listing]
         if attempt:
-            cmd += ["-i", source_info.path, "-map", "0:v:0", "-map", "1:a"]
+            cmd += ["-i", source_info.path, "-map", "0:v:0", "-map", f"1:a:{audio_track}"]
             cmd += ["-c:a", "copy"] if attempt == "copy" else (
                 _AUDIO_REENCODE_PRORES if fmt.codec == "prores" and fmt.muxer == "mov" else _AUDIO_REENCODE[fmt.muxer])
         else:
@@ -389,7 +395,7 @@ class _JoinFailed(Exception):
     pass
 
 
-def join_sequence(segment_dirs, staging, source_info, keep_audio=True):
+def join_sequence(segment_dirs, staging, source_info, keep_audio=True, audio_track=0):
     """Gather PNG segment folders into the folder ``staging`` with ``timestamps.txt`` and ``audio.mka``.
 
     The caller adds its summary and renames ``staging`` onto the output (``publish``).
@@ -411,14 +417,14 @@ def join_sequence(segment_dirs, staging, source_info, keep_audio=True):
     with open(os.path.join(staging, "timestamps.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
     result = {"audio": None, "audio_codec": None, "frames": frames}
-    if audio_plan(VideoFormat("png", ""), source_info, keep_audio):
+    if audio_plan(VideoFormat("png", ""), source_info, keep_audio, audio_track):
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", source_info.path,
-               "-map", "0:a", "-c", "copy", "-f", "matroska", os.path.join(staging, "audio.mka")]
+               "-map", f"0:a:{audio_track}", "-c", "copy", "-f", "matroska", os.path.join(staging, "audio.mka")]
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             raise CadlError(f"{source_info.path}: copying the audio failed "
                             f"({proc.stderr.decode(errors='replace').strip().splitlines()[-1:]})")
-        result.update(audio="copy", audio_codec=source_info.audio_codec)
+        result.update(audio="copy", audio_codec=_audio_codec(source_info, audio_track))
     return result
 
 

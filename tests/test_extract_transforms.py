@@ -104,19 +104,19 @@ def gop_film(tmp_path_factory):
 
 def test_keyframes_and_cheap_segment_starts(gop_film, short_film):
     info = media.probe(gop_film)
-    keys = extract.keyframe_indices(info)
-    assert keys == list(range(0, 75, 10))
+    keys = info.keyframes
+    assert keys == tuple(range(0, 75, 10))
     # Each segment after the first starts on the frame after a keyframe (one wasted frame to decode), and
     # lasts at least the asked length; together they cover the range exactly once.
-    ranges = extract.keyframe_segments(info, keys, 0.5, 0, 75)
+    ranges = media.keyframe_segments(info, keys, 0.5, 0, 75)
     assert ranges == [(0, 21), (21, 41), (41, 61), (61, 75)]
-    assert extract.keyframe_segments(info, keys, 0.3, 5, 70) == [(5, 21), (21, 31), (31, 41), (41, 51), (51, 61),
+    assert media.keyframe_segments(info, keys, 0.3, 5, 70) == [(5, 21), (21, 31), (31, 41), (41, 51), (51, 61),
                                                                   (61, 70)]
     # Without keyframe information: by time, as VideoInfo.segments.
-    assert extract.keyframe_segments(info, [], 0.5, 0, 75) == info.segments(0.5)
+    assert media.keyframe_segments(info, [], 0.5, 0, 75) == info.segments(0.5)
     # x264's default GOP (250 frames) is longer than the 75-frame fixture: one segment, no wasted decoding.
     short = media.probe(short_film)
-    assert extract.keyframe_segments(short, extract.keyframe_indices(short), 0.5, 0, 75) == [(0, 75)]
+    assert media.keyframe_segments(short, short.keyframes, 0.5, 0, 75) == [(0, 75)]
 
 
 def test_plan_film_covers_the_film_with_segments(gop_film, tmp_path):
