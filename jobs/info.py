@@ -48,6 +48,8 @@ def describe(path, segment_seconds=10.0, decode_check=True, stall_seconds=None):
         "keyframes": len(info.keyframes),
         "segments": len(media.keyframe_segments(info, info.keyframes, segment_seconds, 0, info.num_frames)),
         "timestamps": info.probe_method,
+        "gaps": {"count": len(info.gaps), "frames_missing": sum(g[2] for g in info.gaps),
+                 "first": [round(info.gaps[0][0], 3), round(info.gaps[0][1], 3)] if info.gaps else None},
         "audio_tracks": [{"index": a.index, "codec": a.codec, "sample_rate": a.sample_rate,
                           "channels": a.channels, "language": a.language} for a in info.audio_tracks],
         "size_bytes": info.size_bytes, "usable": True, "problem": None,
@@ -95,6 +97,12 @@ def format_text(d):
         f"  frames       {d['frames']} in {d['duration']:.3f} s, first at {d['start_time']:.3f} s "
         f"(timestamps {'demuxed' if d['timestamps'] == 'demux' else 'learned by decoding'})",
         f"  keyframes    {d['keyframes']}; {d['segments']} extraction segment{'s' if d['segments'] != 1 else ''}",
+    ]
+    if d["gaps"]["count"]:
+        lines.append(f"  gaps         {d['gaps']['frames_missing']} frames missing in {d['gaps']['count']} "
+                     f"jump{'s' if d['gaps']['count'] != 1 else ''} of the timestamps, the first from "
+                     f"{d['gaps']['first'][0]:.3f} s to {d['gaps']['first'][1]:.3f} s (damage or dropped frames)")
+    lines += [
         f"  audio        {audio}",
     ]
     check = d.get("decode_check")

@@ -360,6 +360,12 @@ class PlanFilm(beam.DoFn):
         ranges = media.keyframe_segments(info, info.keyframes, s.segment_seconds, lo, hi)
         facts.update(keyframes=len(info.keyframes), segments=len(ranges))
         yield beam.pvalue.TaggedOutput("report", ("facts", item.path, facts))
+        if info.gaps:
+            # Frames the container itself lost (a damaged stretch the demuxer skipped): reported like the
+            # frames a decoder cannot give.
+            yield beam.pvalue.TaggedOutput("report", ("lost", item.path, {
+                "frames": sum(g[2] for g in info.gaps), "from": round(info.gaps[0][0], 3),
+                "to": round(info.gaps[-1][1], 3)}))
         log.info("%s: %d frames, %s fps, %.1f s: %d segment%s", item.path, info.num_frames, facts["fps"],
                  info.duration, len(ranges), "" if len(ranges) == 1 else "s")
         for number, (a, b) in enumerate(ranges, 1):
@@ -368,7 +374,7 @@ class PlanFilm(beam.DoFn):
             window = _PtsWindow(info.pts, max(0, a - 1), b)
             self.segments.inc()
             yield {"path": item.path, "size": item.size,
-                   "info": dataclasses.replace(info, path=item.path, pts=window, keyframes=()),
+                   "info": dataclasses.replace(info, path=item.path, pts=window, keyframes=(), gaps=()),
                    "start": a, "stop": b, "first": lo, "blocks": blocks, "number": number, "of": len(ranges)}
 
 

@@ -94,6 +94,7 @@ class VideoInfo:
     keyframes: tuple = ()       # frame indices of the keyframes (presentation order)
     audio_tracks: tuple = ()    # AudioTrack, in file order
     probe_method: str = "demux"  # demux | decode: how the timestamps were learned
+    gaps: tuple = ()            # (from s, to s, frames missing) where a constant-rate film's timestamps jump
 
     @property
     def num_frames(self):
@@ -187,7 +188,7 @@ class _StderrReader(threading.Thread):
                     self.frames.put((int(match.group(1)), match.group(2) == "1"))
                     if self.watchdog:
                         self.watchdog.touch()
-                elif "Parsed_showinfo" not in line:
+                elif "Parsed_showinfo" not in line or "config in" in line:
                     if len(self.head) < self.HEAD_LINES:
                         self.head.append(line)
                     self.tail.append(line.strip())
@@ -339,6 +340,12 @@ def probe(path, stall_seconds=None, decode=False):
     frames, keys, method = None, None, "demux"
     if problem is None and not decode:
         frames, keys, problem = _from_packets(packets, header)
+    if frames is not None:
+        # The decoder has the last word: its first frames must carry the timestamps the demux gave them
+        # (an elementary stream's generated pts can be a frame off what the decoder stamps).
+        problem = _check_head(path, stall, frames)
+        if problem:
+            frames = None
     if frames is None:
         # The demuxed timestamps are missing or disagree with each other: ask the decoder.
         frames, keys, why = _decode_scan(path, stall)
@@ -359,6 +366,7 @@ def probe(path, stall_seconds=None, decode=False):
         w, h, sar = h, w, 1 / sar
     width, height = display_size(w, h, sar)
     depth = re.search(r"p(\d+)(?:le|be)?$", v["pix_fmt"])
+    holes = gaps(pts, tb, fps) if vfr else ()
     index = {p: i for i, p in enumerate(pts)}
     keyframes = tuple(sorted(index[p] for p in keys if p in index))
     return VideoInfo(path=path, width=width, height=height, time_base=tb, pts=tuple(pts), fps=fps, vfr=vfr,
@@ -368,7 +376,7 @@ def probe(path, stall_seconds=None, decode=False):
                      rotation=rotation, field_order=v["field_order"], pix_fmt=v["pix_fmt"],
                      bit_depth=int(depth.group(1)) if depth else 8, container=header.container,
                      start_time=float(pts[0] * tb), container_start=header.start, keyframes=keyframes, audio_tracks=tuple(header.audio),
-                     probe_method=method)
+                     probe_method=method, gaps=holes)
 
 
 def display_size(width, height, sar):
@@ -450,11 +458,12 @@ def _from_packets(demuxed, header):
     return (tb, pts, [max(0, p[1]) for p in kept]), keys, None
 
 
-def _decode_scan(path, stall):
-    """((tb, pts, durations), keyframe pts, None) from decoding every frame, or (None, None, reason)."""
+def _decode_scan(path, stall, limit=None):
+    """((tb, pts, durations), keyframe pts, None) from decoding every frame (the first ``limit`` frames),
+    or (None, None, reason)."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "info", "-copyts", "-noautorotate",
            "-i", path, "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", "showinfo=checksum=0",
-           "-fps_mode", "passthrough", "-f", "null", "-"]
+           "-fps_mode", "passthrough"] + (["-frames:v", str(limit)] if limit else []) + ["-f", "null", "-"]
     proc = _popen(cmd)
     watchdog = Watchdog(proc, stall)
     reader = _StderrReader(proc.stderr, watchdog)
@@ -482,6 +491,21 @@ def _decode_scan(path, stall):
     if len(pts) > 1 and not _MIN_RATE <= Fraction(len(pts) - 1) / ((pts[-1] - pts[0]) * tb) <= _MAX_RATE:
         return None, None, "decoded frame timestamps give no plausible frame rate"
     return (tb, pts, []), keys, None
+
+
+def _check_head(path, stall, frames, count=8):
+    """None when the first ``count`` decoded frames have the demuxed timestamps, else what differs."""
+    tb, pts, _ = frames
+    head, _, why = _decode_scan(path, stall, limit=count)
+    if why:
+        return None  # the full decode would say no better; a damaged start is found while decoding
+    dtb, dpts, _ = head
+    got = sorted(p * dtb for p in dpts)[:count]
+    want = [p * tb for p in pts[:len(got)]]
+    if got != want:
+        return (f"the decoder stamps the first frames {[float(g) for g in got[:3]]} s, the demuxer "
+                f"{[float(w) for w in want[:3]]} s")
+    return None
 
 
 def _showinfo_time_base(text):
@@ -515,6 +539,22 @@ def frame_rate(pts, tb, nominal=None):
         return None, False
     vfr = len(regular) != len(deltas)
     return _snap(rate), vfr
+
+
+def gaps(pts, tb, fps, limit=1000):
+    """Where a constant-rate film lost frames: ((from s, to s, frames missing), ...) for each jump of more
+    than one and a half nominal frames, when at least 90% of the frames keep the nominal duration (a film
+    that is variable by design has no gaps to report). At most ``limit`` entries."""
+    frame = 1 / (fps * tb)
+    deltas = np.diff(np.asarray(pts, np.int64))
+    regular = np.abs(deltas - float(frame)) <= max(1.0, float(frame) / 20)
+    if len(deltas) == 0 or regular.mean() < 0.9:
+        return ()
+    out = []
+    for k in np.nonzero(deltas > 1.5 * float(frame))[0][:limit]:
+        out.append((float((pts[k] - pts[0]) * tb), float((pts[k + 1] - pts[0]) * tb),
+                    int(round(deltas[k] / float(frame))) - 1))
+    return tuple(out)
 
 
 def _snap(rate):
