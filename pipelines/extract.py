@@ -99,7 +99,8 @@ def validation_blocks(name, duration, block, fraction, timestamps=None):
     """Indices of the ``block``-second blocks of film ``name`` that go to validation.
 
     A block is chosen when the hash of (name, block) falls below ``fraction``; a film with two or more blocks
-    and none chosen gives its lowest-hashed block, so every film of some length has validation frames.
+    and none chosen gives its lowest-hashed block, so every film of some length has validation frames; a
+    film within a single block gives none (its only frames are for training).
     With ``timestamps`` (every frame's seconds from the first) only blocks that hold a frame are candidates:
     nothing here is sized by a duration a header merely claims.
     """
@@ -109,6 +110,8 @@ def validation_blocks(name, duration, block, fraction, timestamps=None):
         candidates = sorted({int(t // block) for t in timestamps})
     else:
         candidates = range(max(1, math.ceil(duration / block)))
+    if len(candidates) < 2:
+        return frozenset()  # a film within one block (a single frame, a short clip) is all for training
     hashes = {b: unit_hash("film", name, b) for b in candidates}
     chosen = {b for b, h in hashes.items() if h < fraction}
     if not chosen and len(hashes) >= 2:
