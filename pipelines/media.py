@@ -229,6 +229,25 @@ def _finish(proc, watchdog, reader):
     reader.join(timeout=5)
 
 
+def run_watched(cmd, stall_seconds=None):
+    """Run an ffmpeg command to completion under a ``Watchdog``: ffmpeg reports its progress on stdout
+    (``-progress pipe:1``) and is stopped when that report stops moving for ``stall_seconds``.
+    Returns ``(returncode, last lines of stderr)``; raises ``MediaError`` when it stalled."""
+    stall = STALL_SECONDS if stall_seconds is None else float(stall_seconds)
+    proc = _popen(cmd[:1] + ["-progress", "pipe:1", "-nostats"] + cmd[1:])
+    watchdog = Watchdog(proc, stall)
+    reader = _StderrReader(proc.stderr, frames=False)
+    reader.start()
+    try:
+        for _ in iter(proc.stdout.readline, b""):
+            watchdog.touch()
+    finally:
+        _finish(proc, watchdog, reader)
+    if watchdog.stalled:
+        raise MediaError(f"{cmd[-1]}: ffmpeg stalled (no progress for {stall:g} s)")
+    return proc.returncode, list(reader.tail)
+
+
 # ---- the container's header, as ffmpeg prints it ----
 
 @dataclasses.dataclass

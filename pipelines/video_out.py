@@ -234,6 +234,8 @@ class SegmentWriter:
             cmd += ["-f", _MUXER[fmt.segment_ext], target]
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        # An encoder that stops taking frames would block the render forever: each frame it takes is progress.
+        self.watchdog = media.Watchdog(self.proc, media.STALL_SECONDS)
 
     def write(self, frame):
         """Append one (H, W, 3) uint8 frame."""
@@ -242,8 +244,14 @@ class SegmentWriter:
         try:
             self.proc.stdin.write(memoryview(frame.tobytes() if not frame.flags.c_contiguous else frame))
         except BrokenPipeError:
-            raise CadlError(f"{self.path}: the encoder stopped ({self._error()})") from None
+            raise CadlError(f"{self.path}: the encoder stopped ({self._stopped()})") from None
+        self.watchdog.touch()
         self.count += 1
+
+    def _stopped(self):
+        if self.watchdog.stalled:
+            return f"stalled: no frame taken for {media.STALL_SECONDS:g} s"
+        return self._error()
 
     def _error(self):
         self._log.seek(0)
@@ -256,10 +264,15 @@ class SegmentWriter:
             self.proc.stdin.close()
         except BrokenPipeError:
             pass
-        rc = self.proc.wait()
+        self.watchdog.stop()
+        try:
+            rc = self.proc.wait(timeout=media.STALL_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
         try:
             if rc != 0:
-                raise CadlError(f"{self.path}: encoding failed ({self._error()})")
+                raise CadlError(f"{self.path}: encoding failed ({self._stopped() if rc < 0 else self._error()})")
             if self.expected is not None and self.count != self.expected:
                 raise RuntimeError(f"{self.path}: {self.count} frames written, {self.expected} expected")
             got = (len(os.listdir(self.tmp)) if self.fmt.is_sequence else media.probe(self.tmp).num_frames)
@@ -276,6 +289,7 @@ class SegmentWriter:
 
     def abort(self):
         """Stop the encoder and remove what it wrote."""
+        self.watchdog.stop()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -375,10 +389,9 @@ def join(segment_paths, segments, output, fmt, source_info, keep_audio=True, aud
             cmd += ["-movflags", "+faststart"]
         try:
             with atomic.atomic_path(output) as tmp:
-                proc = subprocess.run(cmd + ["-f", fmt.muxer, tmp], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-                if proc.returncode != 0:
-                    raise _JoinFailed(proc.stderr.decode(errors="replace").strip().splitlines()[-1:])
+                returncode, tail = media.run_watched(cmd + ["-f", fmt.muxer, tmp])
+                if returncode != 0:
+                    raise _JoinFailed(tail[-1:])
                 info = media.probe(tmp)
                 if info.num_frames != source_info.num_frames:
                     raise RuntimeError(f"{output}: joined film has {info.num_frames} frames, "
@@ -420,10 +433,9 @@ def join_sequence(segment_dirs, staging, source_info, keep_audio=True, audio_tra
     if audio_plan(VideoFormat("png", ""), source_info, keep_audio, audio_track):
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", source_info.path,
                "-map", f"0:a:{audio_track}", "-c", "copy", "-f", "matroska", os.path.join(staging, "audio.mka")]
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            raise CadlError(f"{source_info.path}: copying the audio failed "
-                            f"({proc.stderr.decode(errors='replace').strip().splitlines()[-1:]})")
+        returncode, tail = media.run_watched(cmd)
+        if returncode != 0:
+            raise CadlError(f"{source_info.path}: copying the audio failed ({' '.join(tail[-1:])})")
         result.update(audio="copy", audio_codec=_audio_codec(source_info, audio_track))
     return result
 

@@ -172,3 +172,20 @@ def corrupt(data, rng):
     if "truncate" in how:
         data = data[:rng.randint(1, len(data))]
     return bytes(data), how
+
+
+def first_time(path, stream):
+    """Seconds of the first shown packet of ``stream`` ("V:0", "a:0") in the file's own timeline."""
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts", "-i", path,
+                          "-map", f"0:{stream}", "-c", "copy", "-f", "framecrc", "-"],
+                         capture_output=True, check=True).stdout.decode()
+    tb, times = Fraction(1), []
+    for line in out.splitlines():
+        if line.startswith("#tb 0:"):
+            tb = Fraction(line.split(":", 1)[1].strip())
+        elif line and not line.startswith("#"):
+            fields = [f.strip() for f in line.split(",")]
+            flags = next((int(f[2:], 16) for f in fields[6:] if f.startswith("F=0x")), 1)
+            if not flags & 0x4 and int(fields[2]) != -(2 ** 63):
+                times.append(int(fields[2]) * tb)
+    return float(min(times))

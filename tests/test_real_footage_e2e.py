@@ -52,6 +52,10 @@ def test_each_kind_extracts_trains_and_renders(kind, kinds_dir, tmp_path):
     # The display aspect a player shows for the source, to the pixel that even sides cost.
     assert result.sar == 1 and result.rotation == 0
     assert abs(result.width / result.height - float(expect.aspect)) <= 2 / min(result.width, result.height)
+    if expect.audio_tracks:  # audio where it was against the first frame (a TS starting at 11.4 s too)
+        offset = footage.first_time(film, "a:0") - footage.first_time(film, "V:0")
+        assert footage.first_time(str(out), "a:0") - footage.first_time(str(out), "V:0") == \
+            pytest.approx(offset, abs=0.025)
     if source.vfr:  # each frame keeps its own time
         assert [result.timestamp(i) for i in range(result.num_frames)] == \
             pytest.approx([source.timestamp(i) for i in range(source.num_frames)], abs=1.5e-3)
