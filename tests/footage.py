@@ -176,8 +176,8 @@ def corrupt(data, rng):
 
 def first_time(path, stream):
     """Seconds of the first shown packet of ``stream`` ("V:0", "a:0") in the file's own timeline."""
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts", "-i", path,
-                          "-map", f"0:{stream}", "-c", "copy", "-f", "framecrc", "-"],
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts",
+                          "-fflags", "+genpts", "-i", path, "-map", f"0:{stream}", "-c", "copy", "-f", "framecrc", "-"],
                          capture_output=True, check=True).stdout.decode()
     tb, times = Fraction(1), []
     for line in out.splitlines():
