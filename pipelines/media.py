@@ -172,7 +172,7 @@ class _StderrReader(threading.Thread):
     order (pts, key flag), and the last lines of anything else. Memory stays bounded on any input."""
 
     _FRAME = re.compile(r"Parsed_showinfo.*?\bn:\s*\d+\s+pts:\s*(-?\d+).*?\biskey:\s*(\d)")
-    HEAD_LINES, TAIL_LINES = 300, 8
+    HEAD_LINES, TAIL_LINES = 2000, 8   # the header of a file with many streams and tags fits
 
     def __init__(self, stream, watchdog=None, frames=True):
         super().__init__(daemon=True)
