@@ -432,8 +432,8 @@ def _finalize(args, settings, header, old, new, result, output, problems):
                 # Damage is reported once per film: where, and how much, whatever the segments saw.
                 entry["lost_frames"] = lost[item.path]
                 entry["damaged"] = partial.get(item.path) or "frames that could not be decoded"
-                log.warning("%s: damaged: %d frames between %.3f s and %.3f s are missing or cannot be decoded; kept the "
-                            "%d records it has", item.path, lost[item.path]["frames"], lost[item.path]["from"],
+                log.warning("%s: damaged: %d frames between %.3f s and %.3f s are missing or cannot be decoded; "
+                            "kept the %d records it has", item.path, lost[item.path]["frames"], lost[item.path]["from"],
                             lost[item.path]["to"], n)
             elif item.path in partial:
                 entry["damaged"] = partial[item.path]

@@ -259,7 +259,8 @@ class _Header:
     audio: list = dataclasses.field(default_factory=list)
 
 
-_STREAM = re.compile(r"^\s*Stream #0:(\d+)(?:\[[^]]*\])?(?:\(([^)]*)\))?: (Video|Audio|Subtitle|Data|Attachment): (.*)$")
+_STREAM = re.compile(r"^\s*Stream #0:(\d+)(?:\[[^]]*\])?(?:\(([^)]*)\))?: "
+                     r"(Video|Audio|Subtitle|Data|Attachment): (.*)$")
 _FIELD_ORDERS = {"top first": "tt", "bottom first": "bb", "top coded first (swapped)": "tb",
                  "bottom coded first (swapped)": "bt", "progressive": "progressive"}
 
@@ -394,7 +395,8 @@ def probe(path, stall_seconds=None, decode=False):
                      mtime=stat.st_mtime, coded_width=v["width"], coded_height=v["height"], sar=v["sar"],
                      rotation=rotation, field_order=v["field_order"], pix_fmt=v["pix_fmt"],
                      bit_depth=int(depth.group(1)) if depth else 8, container=header.container,
-                     start_time=float(pts[0] * tb), container_start=header.start, keyframes=keyframes, audio_tracks=tuple(header.audio),
+                     start_time=float(pts[0] * tb), container_start=header.start, keyframes=keyframes,
+                     audio_tracks=tuple(header.audio),
                      probe_method=method, gaps=holes)
 
 

@@ -42,7 +42,8 @@ KINDS = {
                                                    "-c:a", "ac3"]), ".avi", (160, 120), Fraction(4, 3), 1),
     "avi_xvid": Kind("XviD (libxvid) with B-frames at 24000/1001 in AVI",
                      tuple(_video(rate="24000/1001") + _tone() + ["-t", "2", "-c:v", "libxvid", "-bf", "2",
-                                                                  "-c:a", "mp3"]), ".avi", (160, 120), Fraction(4, 3), 1),
+                                                                  "-c:a", "mp3"]),
+                     ".avi", (160, 120), Fraction(4, 3), 1),
     "avi_dropped": Kind("24000/1001 AVI with one dropped frame (a hole in a constant-rate container)",
                         tuple(_video(rate="24000/1001") + _tone() + [
                             "-t", "2", "-vf", r"select='not(eq(n\,20))'", "-fps_mode", "passthrough",
