@@ -46,7 +46,7 @@ import time
 import uuid
 
 import jobs
-from pipelines import geometry, schema, sources, storage
+from pipelines import geometry, owned, schema, sources, storage
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl.extract")
@@ -446,11 +446,25 @@ def _finalize(args, settings, header, old, new, result, output, problems):
     mf.write(output, manifest)
     if old and not incremental:
         # The new manifest is in place: shards only the old one listed are garbage now.
-        keep = set(mf.listed_files(manifest))
-        for name in mf.listed_files(old):
-            if name not in keep and storage.exists(storage.join(output, name)):
-                storage.delete(storage.join(output, name))
+        _delete_unlisted(output, old, manifest)
     return manifest, moments, skipped, new_files
+
+
+def _delete_unlisted(output, old, manifest):
+    """Delete the files only the old manifest names, each only when it lies inside the dataset folder: a
+    manifest is data (a folder may come from someone else) and must not be able to delete anything else."""
+    from pipelines import manifest as mf
+
+    keep = set(mf.listed_files(manifest))
+    for name in mf.listed_files(old):
+        if name in keep:
+            continue
+        path = owned.member(output, name)
+        if path is None:
+            log.warning("%s: not deleting %r, which the old manifest lists: it is not a file inside the dataset "
+                        "folder", mf.path(output), name)
+        elif storage.isfile(path):
+            storage.delete(path)
 
 
 def _size(path, fallback):
