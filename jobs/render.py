@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 import jobs
-from pipelines import atomic, geometry, media, video_out
+from pipelines import atomic, geometry, media, owned, video_out
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl.render")
@@ -541,8 +541,18 @@ class WorkFolder:
         self.path = os.path.abspath(os.fspath(output)).rstrip(os.sep) + ".parts"
         self.state_file = os.path.join(self.path, STATE)
 
+    def check(self):
+        """Raise unless ``OUT.parts`` is absent or a render's work folder (its marker, or an older render's
+        ``state.json``): a folder of the user's that happens to sit there is never emptied."""
+        if os.path.lexists(self.path) and not (
+                os.path.isdir(self.path) and (owned.kind_of(self.path) == "parts" or
+                                              os.path.isfile(self.state_file))):
+            raise CadlError(f"{self.path}: is in the way of the render's work folder and is not cadl's "
+                            f"(no {owned.MARKER} marker); move it or choose another output")
+
     def open(self, fingerprint, segments, fmt):
         """Prepare for rendering; returns the ids of segments already committed by an earlier run."""
+        self.check()
         if os.path.isdir(self.path):
             try:
                 state = atomic.read_json(self.state_file)
@@ -552,6 +562,7 @@ class WorkFolder:
                 log.info("%s: left by a different command; starting over", self.path)
                 shutil.rmtree(self.path)
         os.makedirs(self.path, exist_ok=True)
+        owned.mark(self.path, "parts")
         for name in os.listdir(self.path):  # what a crash left half-written
             if name.startswith(".seg-"):
                 full = os.path.join(self.path, name)
@@ -636,6 +647,7 @@ def _check_paths(args, fmt):
         raise CadlError(f"{args.output}: already exists (pass --overwrite to replace it)")
     if os.path.isdir(out) and not fmt.is_sequence:
         raise CadlError(f"{args.output}: is a folder; give a film file name")
+    check_replaceable(out, args.input, args.model)
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -647,6 +659,19 @@ def _check_paths(args, fmt):
     except OSError as e:
         raise CadlError(f"{args.output}: the folder {parent} is not writable ({e.strerror})") from None
     return out
+
+
+def check_replaceable(out, input_path, model_path):
+    """Raise unless ``out`` is absent, a file, or a PNG-sequence folder that cadl render wrote (its marker
+    says so) holding neither the input nor the model: ``--overwrite`` replaces only a render's output."""
+    if not os.path.isdir(out):
+        return
+    for what, path in (("the input film", input_path), ("the model", model_path)):
+        if owned.within(path, out):
+            raise CadlError(f"{out}: not replacing this folder: it holds {what} ({path})")
+    if owned.kind_of(out) != "frames":
+        raise CadlError(f"{out}: not replacing this folder: cadl render did not write it (no {owned.MARKER} "
+                        f"marker of a PNG sequence); remove it yourself or choose another output")
 
 
 def _check_options(args):
@@ -752,6 +777,8 @@ def run(argv=None):
                        audio_codec=joined["audio_codec"], audio_kept=joined["audio"] is not None)
         _finish_summary(summary, stats, render_seconds, time.time() - t, started)
         atomic.write_json(os.path.join(staging, "summary.json"), summary)
+        owned.mark(staging, "frames")
+        check_replaceable(out, args.input, args.model)  # again: the folder may have changed meanwhile
         video_out.publish(staging, out)
         summary_path = os.path.join(out, "summary.json")
     else:

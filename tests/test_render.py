@@ -322,6 +322,41 @@ def test_bad_input_is_one_line_and_overwrites_nothing(tiny_run, short_film, tmp_
     assert not os.path.exists(tmp_path / "o1.mp4") and not os.path.exists(tmp_path / "o.mp4")
 
 
+def _tree(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_overwrite_never_replaces_the_input_a_model_or_a_folder_render_did_not_write(tiny_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "infold"
+    folder.mkdir()
+    film = make_film(folder / "t.mp4", "testsrc2", seconds=0.4, size=(64, 36), rate="25", audio=False)
+    (folder / "notes.txt").write_text("mine")
+    before = _tree(folder)
+    with pytest.raises(CadlError, match="infold: .*not replacing"):
+        _render(tiny_run, film, folder, "--overwrite")
+    assert _tree(folder) == before
+    run_copy = tmp_path / "run"
+    shutil.copytree(tiny_run, run_copy)
+    before = _tree(run_copy)
+    with pytest.raises(CadlError, match="run: .*not replacing"):
+        _render(str(run_copy), film, run_copy, "--overwrite")
+    assert _tree(run_copy) == before
+    # A PNG sequence cadl render wrote is replaced; its replacement is again one render may replace.
+    frames = tmp_path / "frames"
+    _render(tiny_run, film, frames)
+    _render(tiny_run, film, frames, "--overwrite")
+    assert len([f for f in os.listdir(frames) if f.endswith(".png")]) == 10
+    # A folder that merely sits where OUT.parts goes is not cadl's work folder: not emptied.
+    (tmp_path / "o.mp4.parts").mkdir()
+    (tmp_path / "o.mp4.parts" / "keep.txt").write_text("mine")
+    with pytest.raises(CadlError, match="o.mp4.parts: .*not cadl"):
+        _render(tiny_run, film, tmp_path / "o.mp4")
+    assert (tmp_path / "o.mp4.parts" / "keep.txt").read_text() == "mine"
+
+
 def test_model_with_another_channel_count_is_refused(short_film, tmp_path):
     from models import vae
     grey = vae.VAE(vae.make_config(vae.TINY, channels=1)).build_all()
