@@ -38,6 +38,7 @@ The summary (also returned by ``run``) has these keys:
 A run with --incremental and nothing new succeeds with inputs_new 0 and writes no shard.
 """
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -48,8 +49,10 @@ import uuid
 import jobs
 from pipelines import geometry, owned, schema, sources, storage
 from pipelines.errors import CadlError
+from pipelines.lock import folder_lock
 
 log = logging.getLogger("cadl.extract")
+TMP_PREFIX = ".cadl-extract-"  # the run's work folder inside the output: Beam's parts, the report
 
 
 def build_parser():
@@ -147,7 +150,7 @@ def _settings(args, output):
         validation_fraction=args.validation_fraction, validation_block=args.validation_block,
         segment_seconds=args.segment_seconds, compression="GZIP" if args.compression == "gzip" else "",
         shard_bytes=int(args.shard_mb * 2 ** 20), num_shards=args.num_shards,
-        tmp_dir=storage.join(output, f".cadl-extract-{uuid.uuid4().hex[:12]}"))
+        tmp_dir=storage.join(output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}"))
 
 
 def _options_record(args, settings):
@@ -240,7 +243,22 @@ def run(argv=None):
     output = storage.normalize(args.output)
     settings = _settings(args, output)
     _check_output(output)
+    # A local output is locked for the whole run: a second extract into it exits 75 and touches nothing.
+    with contextlib.nullcontext() if storage.is_url(output) else folder_lock(output, "extract into this folder"):
+        if not storage.is_url(output):
+            _sweep_temp(output)
+        return _extract(args, beam_args, output, settings, started)
 
+
+def _sweep_temp(output):
+    """Remove work folders that killed runs left (with the lock held, no other run is using one)."""
+    for name in sorted(os.listdir(output)):
+        if name.startswith(TMP_PREFIX) and os.path.isdir(os.path.join(output, name)):
+            log.info("%s: removing %s, left by an interrupted run", output, name)
+            storage.remove_tree(os.path.join(output, name))
+
+
+def _extract(args, beam_args, output, settings, started):
     from pipelines import manifest as mf
 
     old = mf.read(output)
@@ -362,7 +380,7 @@ def _run_pipeline(settings, new, celebas, beam_args):
     _ = records | "Write" >> extract.WriteDataset(settings)
     try:
         state = pipeline.run().wait_until_finish()
-    except Exception:
+    except BaseException:  # Ctrl-C and SIGTERM too: no run leaves its work folder behind
         storage.remove_tree(settings.tmp_dir)
         raise
     finally:

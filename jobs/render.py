@@ -46,6 +46,7 @@ import numpy as np
 import jobs
 from pipelines import atomic, geometry, media, owned, video_out
 from pipelines.errors import CadlError
+from pipelines.lock import LOCK_NAME, folder_lock
 
 log = logging.getLogger("cadl.render")
 STATE = "state.json"
@@ -560,7 +561,7 @@ class WorkFolder:
                 state = {}
             if state.get("fingerprint") != fingerprint or state.get("segments") != [list(s) for s in segments]:
                 log.info("%s: left by a different command; starting over", self.path)
-                shutil.rmtree(self.path)
+                self._clear()
         os.makedirs(self.path, exist_ok=True)
         owned.mark(self.path, "parts")
         for name in os.listdir(self.path):  # what a crash left half-written
@@ -581,8 +582,36 @@ class WorkFolder:
         atomic.write_json(self.state_file, {"fingerprint": self.fingerprint, "segments": self.segments,
                                             "done": sorted(self.done), "updated": time.time()})
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold ``OUT.parts/.cadl-lock`` for the render: a second render to the same output exits 75 before
+        it touches a segment. On leaving, a finished render's folder (or one with no work in it) is removed."""
+        self.check()
+        os.makedirs(self.path, exist_ok=True)
+        owned.mark(self.path, "parts")
+        lock = folder_lock(self.path, "render to this output").acquire()
+        self.finished = False
+        try:
+            yield self
+        finally:
+            if self.finished or not os.path.exists(self.state_file):
+                self._clear()
+            lock.release()
+            if self.finished or not os.path.exists(self.state_file):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.path, owned.MARKER))
+                    os.rmdir(self.path)  # fails, rightly, if another render has just taken the folder
+
+    def _clear(self):
+        """Remove everything in the folder but its lock and marker."""
+        for name in os.listdir(self.path):
+            if not name.startswith((LOCK_NAME, owned.MARKER)):
+                full = os.path.join(self.path, name)
+                shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.remove(full)
+
     def remove(self):
-        shutil.rmtree(self.path, ignore_errors=True)
+        """The render is complete: the folder goes when the lock is released."""
+        self.finished = True
 
 
 def _fingerprint(args, info, model_file, plan):
@@ -719,12 +748,17 @@ def run(argv=None):
     fmt = video_out.output_format(args.output, args.codec, args.crf, args.preset, args.pix_fmt,
                                   args.prores_profile)
     out = _check_paths(args, fmt)
+    work = WorkFolder(out)
+    with work.locked():
+        return _render(args, beam_args, started, output_size, fmt, out, work)
+
+
+def _render(args, beam_args, started, output_size, fmt, out, work):
     info = media.probe(args.input)
     t = time.time()
     model, model_file = _load_model(args.model)
     load_seconds = time.time() - t
     layout = make_layout(info, model.config, fmt, output_size, args.scale, args.side_by_side, args.blend)
-    work = WorkFolder(out)
     plan = Plan(info=info, layout=layout, fmt=fmt, parts=work.path,
                 segments=tuple(info.segments(args.segment_seconds)),
                 smooth=args.smooth + (1 - args.smooth % 2), batch_size=args.batch_size)

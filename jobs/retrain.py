@@ -48,7 +48,7 @@ import sys
 import time
 
 import jobs
-from pipelines import atomic
+from pipelines import atomic, owned
 from pipelines.errors import CadlError
 from pipelines.lock import EXIT_BUSY, PidLock
 
@@ -130,12 +130,7 @@ def run(argv=None):
     if args.keep_rejected < 0:
         raise CadlError(f"--keep-rejected must be 0 or more, not {args.keep_rejected}")
     work = os.path.abspath(args.work)
-    if os.path.exists(work) and not os.path.isdir(work):
-        raise CadlError(f"{work}: --work must be a folder")
-    try:
-        os.makedirs(work, exist_ok=True)
-    except OSError as e:
-        raise CadlError(f"{work}: cannot create the work folder ({e.strerror})") from None
+    owned.make_folder(work, "work folder")
 
     lock = PidLock(os.path.join(work, "retrain.lock"), what="retrain")
     lock.acquire()  # first: a busy lock raises LockBusy (exit 75) and we touch nothing else

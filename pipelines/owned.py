@@ -8,11 +8,14 @@ followed, ``..`` collapsed), lies inside the folder it owns: a manifest received
 names ``../victim.txt`` or ``/etc/passwd`` deletes nothing.
 
     member(folder, name)            folder/name when ``name`` is a plain relative name that resolves inside it
-    mark(folder, kind), kind(folder)
+    mark(folder, kind), kind_of(folder)
+    make_folder(path, role)         create a job's folder, or one line saying why it cannot be
     within(path, folder)            ``path`` resolved lies inside ``folder`` resolved (or is it)
 """
 import json
 import os
+
+from pipelines.errors import CadlError
 
 from pipelines import storage
 
@@ -58,3 +61,14 @@ def kind_of(folder):
     except Exception:  # noqa: BLE001 - a remote filesystem's own "not found"
         return None
     return data.get("kind") if isinstance(data, dict) else None
+
+
+def make_folder(path, role):
+    """Create the folder ``path`` a job writes (``role``: "run folder", "work folder", ...) if needed; a file in
+    its place or a folder that cannot be made is one line."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CadlError(f"{path}: the {role} must be a folder; a file is in its place")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CadlError(f"{path}: cannot create the {role} ({e.strerror})") from None
