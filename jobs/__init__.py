@@ -8,7 +8,7 @@ JOBS = ("extract", "train", "render", "retrain", "autoencoder", "classifier", "d
 
 def main(run, argv=None):
     """Run a job the way the command line does: user errors become one line and an exit code."""
-    from pipelines.errors import CadlError
+    from pipelines.errors import CadlError, no_space
 
     # Our own progress at INFO; other libraries only when they warn.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
@@ -19,6 +19,13 @@ def main(run, argv=None):
     except CadlError as e:
         print(f"cadl: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        if not no_space(e):
+            raise
+        where = getattr(e, "filename", None)
+        print(f"cadl: error: {where + ': ' if where else ''}no space left on device (free some space and run "
+              "again; an interrupted run resumes)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cadl: interrupted", file=sys.stderr)
         return 130

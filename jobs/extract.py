@@ -39,6 +39,7 @@ A run with --incremental and nothing new succeeds with inputs_new 0 and writes n
 """
 import argparse
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -48,7 +49,7 @@ import uuid
 
 import jobs
 from pipelines import geometry, owned, schema, sources, storage
-from pipelines.errors import CadlError
+from pipelines.errors import CadlError, no_space
 from pipelines.lock import folder_lock
 
 log = logging.getLogger("cadl.extract")
@@ -244,10 +245,16 @@ def run(argv=None):
     settings = _settings(args, output)
     _check_output(output)
     # A local output is locked for the whole run: a second extract into it exits 75 and touches nothing.
-    with contextlib.nullcontext() if storage.is_url(output) else folder_lock(output, "extract into this folder"):
-        if not storage.is_url(output):
-            _sweep_temp(output)
-        return _extract(args, beam_args, output, settings, started)
+    try:
+        with contextlib.nullcontext() if storage.is_url(output) else folder_lock(output, "extract into this folder"):
+            if not storage.is_url(output):
+                _sweep_temp(output)
+            return _extract(args, beam_args, output, settings, started)
+    except Exception as e:
+        if not no_space(e):
+            raise
+        raise CadlError(f"{output}: no space left on device; the dataset there is as it was before this run "
+                        "(free some space and run again)") from None
 
 
 def _sweep_temp(output):
@@ -378,21 +385,51 @@ def _run_pipeline(settings, new, celebas, beam_args):
     pipeline = beam.Pipeline(runner=runner, options=options)
     records = pipeline | "Extract" >> extract.ExtractRecords(settings, films, images, batches)
     _ = records | "Write" >> extract.WriteDataset(settings)
+    # A worker's failure comes back as the exception raised here; Beam's own log and print of it (a
+    # traceback per bundle, hundreds of lines) only say it again: its error records are dropped, its prints
+    # held back and shown unless the failure is one that becomes a single line (a full disk).
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(_drop_beam_errors)
+    printed = io.StringIO()
     try:
-        state = pipeline.run().wait_until_finish()
-    except BaseException:  # Ctrl-C and SIGTERM too: no run leaves its work folder behind
+        with contextlib.redirect_stderr(printed):
+            state = pipeline.run().wait_until_finish()
+    except BaseException as e:  # Ctrl-C and SIGTERM too: no run leaves its work folder behind
         storage.remove_tree(settings.tmp_dir)
+        if not no_space(e):
+            sys.stderr.write(printed.getvalue())
         raise
+    else:
+        sys.stderr.write(printed.getvalue())
     finally:
+        for handler in handlers:
+            handler.removeFilter(_drop_beam_errors)
         storage.films.clear()  # copies of remote films made by workers in this process
     report, moments = extract.read_results(settings.tmp_dir, settings.size)
     return {"report": report, "moments": moments, "attribute_names": attribute_names, "state": str(state),
             "runner": type(runner).__name__ if runner else options.get_all_options()["runner"]}
 
 
+def _drop_beam_errors(record):
+    return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
+
+
 def _finalize(args, settings, header, old, new, result, output, problems):
-    """Rename the parts into shards, build and write the manifest, mean/std images. Returns
-    (manifest, moments, skipped this run, [new file dicts])."""
+    """Publish the run: shards and moments under new names, then the manifest (see ``pipelines.manifest``).
+    Any failure before the manifest's switch removes what this run wrote and leaves the old dataset as it
+    was. Returns (manifest, moments, skipped this run, [new file dicts])."""
+    written = []
+    try:
+        return _publish(args, settings, header, old, new, result, output, problems, written)
+    except BaseException:
+        for path in written:  # only this run's files, under names no old file has
+            with contextlib.suppress(Exception):
+                storage.delete(path)
+        raise
+
+
+def _publish(args, settings, header, old, new, result, output, problems, written):
     from pipelines import manifest as mf
     from pipelines import schema
 
@@ -414,7 +451,8 @@ def _finalize(args, settings, header, old, new, result, output, problems):
                         "reasons above)")
 
     incremental = bool(args.incremental and old)
-    tag = mf.run_tag(old) if incremental else ""
+    # Names no file of the old dataset has: until the manifest switches, the old dataset stays as it was.
+    tag = mf.run_tag(old, storage.listdir(output) if old else ())
     compressed = settings.compression == "GZIP"
     new_files, splits = [], {}
     for split in schema.SPLITS:
@@ -423,6 +461,7 @@ def _finalize(args, settings, header, old, new, result, output, problems):
         for i, part in enumerate(group):
             name = schema.shard_name(split, i, len(group), compressed=compressed, tag=tag)
             storage.rename(part["path"], storage.join(output, name))
+            written.append(storage.join(output, name))
             new_files.append({"name": name, "split": split, "count": part["count"], "bytes": part["bytes"]})
         if group:
             splits[split] = {"count": sum(p["count"] for p in group), "files": [f["name"] for f in new_files
@@ -449,23 +488,27 @@ def _finalize(args, settings, header, old, new, result, output, problems):
 
     moments = {"count": result["moments"]["count"], "sum": result["moments"]["sum"].astype("int64"),
                "sumsq": result["moments"]["sumsq"].astype("int64")}
+    for f in new_files:
+        f["bytes"] = _size(storage.join(output, f["name"]), f["bytes"])
     manifest = dict(header)
     manifest.update(splits=splits, sources=sources_entry,
                     skipped=sorted(problems + skipped, key=lambda s: s["input"]),
-                    attribute_names=result["attribute_names"],
-                    bytes=sum(_size(storage.join(output, f["name"]), f["bytes"]) for f in new_files),
-                    mean_image=mf.MEAN_IMAGE, std_image=mf.STD_IMAGE, moments=mf.MOMENTS,
+                    attribute_names=result["attribute_names"], bytes=sum(f["bytes"] for f in new_files),
                     options=_options_record(args, settings),
-                    runs=[{"tag": tag, "inputs": len(new), "records": sum(f["count"] for f in new_files)}])
+                    runs=[{"tag": tag, "inputs": len(new), "records": sum(f["count"] for f in new_files)}],
+                    shards={f["name"]: {"count": f["count"], "bytes": f["bytes"]} for f in new_files})
     if incremental:
-        moments = mf.add_moments(mf.read_moments(output, *settings.size), moments)
+        moments = mf.add_moments(mf.read_moments(output, *settings.size, manifest=old), moments)
         manifest = mf.merge(old, manifest)
-    mf.write_moments(output, moments)
-    mf.write(output, manifest)
-    if old and not incremental:
-        # The new manifest is in place: shards only the old one listed are garbage now.
+    manifest.update(mf.write_moments(output, moments, tag, written))
+    mf.write(output, manifest)  # the switch: the one step that changes what the folder holds
+    written.clear()
+    owned.mark(output, "dataset")
+    if old:
+        # The new manifest is in place: files only the old one named are garbage now.
         _delete_unlisted(output, old, manifest)
     return manifest, moments, skipped, new_files
+
 
 
 def _delete_unlisted(output, old, manifest):
@@ -473,8 +516,8 @@ def _delete_unlisted(output, old, manifest):
     manifest is data (a folder may come from someone else) and must not be able to delete anything else."""
     from pipelines import manifest as mf
 
-    keep = set(mf.listed_files(manifest))
-    for name in mf.listed_files(old):
+    keep = set(mf.listed_files(manifest)) | set(mf.moment_files(manifest))
+    for name in mf.listed_files(old) + mf.moment_files(old):
         if name in keep:
             continue
         path = owned.member(output, name)

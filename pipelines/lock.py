@@ -110,10 +110,14 @@ class PidLock:
                 os.remove(self.path)  # stale: its process is gone
                 self.recovered = holder
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:  # a full disk: leave no empty lock behind
+                os.remove(self.path)
+                raise
         self._mine = me
         return self
 

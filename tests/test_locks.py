@@ -48,13 +48,18 @@ def _tree(folder):
             for d, _, files in os.walk(folder) for f in files}
 
 
-def _busy(run, argv, capsys, pid):
+def command_line(run, argv, capsys):
+    """(exit status, stderr) of ``jobs.main(run, argv)``, as the command line would give them."""
     handlers = logging.root.handlers[:]
     try:
         code = jobs.main(run, argv)
     finally:  # main points logging at this test's captured stderr: give later tests theirs back
         logging.root.handlers[:] = handlers
-    err = capsys.readouterr().err.strip()
+    return code, capsys.readouterr().err.strip()
+
+
+def _busy(run, argv, capsys, pid):
+    code, err = command_line(run, argv, capsys)
     assert code == lock.EXIT_BUSY == 75
     assert err.startswith("cadl: error: another ") and f"pid {pid}" in err and "\n" not in err
 
