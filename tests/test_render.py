@@ -357,6 +357,14 @@ def test_overwrite_never_replaces_the_input_a_model_or_a_folder_render_did_not_w
     assert (tmp_path / "o.mp4.parts" / "keep.txt").read_text() == "mine"
 
 
+def test_an_output_path_with_a_quote_and_a_line_break_joins(tiny_run, tmp_path):
+    film = make_film(tmp_path / "t.mp4", "testsrc2", seconds=1.2, size=(64, 36), rate="25", audio=False)
+    out = tmp_path / "it's\nhere" / "o'k.mp4"
+    summary = _render(tiny_run, film, out, "--segment-seconds", "0.4")
+    assert summary["segments"] >= 2 and media.probe(str(out)).num_frames == 30
+    assert not os.path.exists(str(out) + ".parts")
+
+
 def test_model_with_another_channel_count_is_refused(short_film, tmp_path):
     from models import vae
     grey = vae.VAE(vae.make_config(vae.TINY, channels=1)).build_all()
