@@ -20,7 +20,10 @@ Beam's FnApiRunner on this machine with one worker per core: Beam's "DirectRunne
 runner, which downloads a binary and so fails (slowly) without internet.
 
 Writes into the output folder: the shards, ``manifest.json`` (see ``pipelines.manifest``), ``mean.png`` and
-``std.png`` (per-pixel mean and standard deviation of every record), ``moments.npz`` and ``summary.json``.
+``std.png`` (per-pixel mean and standard deviation of every record), ``moments.npz``, ``summary.json`` and the
+``.cadl`` marker. A later run's files carry its tag (``r0002-mean.png``) and the manifest's switch publishes
+them (see ``pipelines.manifest``); a local output is locked (``.cadl-lock``) for the run: a second extract
+into it exits 75 touching nothing.
 
 The summary (also returned by ``run``) has these keys:
     output, manifest             the dataset folder and its manifest file

@@ -134,7 +134,7 @@ def run(argv=None):
 
     lock = PidLock(os.path.join(work, "retrain.lock"), what="retrain")
     lock.acquire()  # first: a busy lock raises LockBusy (exit 75) and we touch nothing else
-    previous_handler = _sigterm_as_interrupt()
+    previous_handler = jobs.sigterm_as_interrupt()  # the partial candidate is kept for the next run
     try:
         if lock.recovered is not None:
             _say(f"recovered a stale lock left by pid {lock.recovered.get('pid')} (that process is gone)")
@@ -143,17 +143,6 @@ def run(argv=None):
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         lock.release()
-
-
-def _sigterm_as_interrupt():
-    """systemd and Airflow stop a job with SIGTERM: unwind like Ctrl-C so the lock is released and the
-    partial candidate is kept for the next run to resume. Returns the previous handler (None off main thread)."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        return None
 
 
 def _say(message):

@@ -312,8 +312,11 @@ class Trainer:
         if os.path.exists(config_path):
             try:
                 stored = atomic.read_json(config_path)["model"]
-            except (ValueError, KeyError, OSError) as e:
+            except (ValueError, KeyError, TypeError, OSError) as e:
                 raise CadlError(f"{config_path}: unreadable run config ({_first_line(e)})") from None
+            if not isinstance(stored, dict) or not isinstance(stored.get("image_size"), list):
+                raise CadlError(f"{config_path}: \"model\" is not a model configuration (an object with "
+                                "image_size, ...); use a new --out folder")
             check_compatible(stored, self.manifest, config_path, args.data)
         elif os.path.isdir(self.out) and os.listdir(self.out):
             if os.path.exists(self.ckpt_dir):

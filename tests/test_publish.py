@@ -87,3 +87,17 @@ def test_train_refuses_a_manifest_whose_counts_disagree_with_its_shards(tmp_path
     code, err = command_line(train.run, argv, capsys)
     assert code == 2 and "train-missing.tfrecord, which is not there" in err and "\n" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_on_a_full_disk_is_one_line(tmp_path, small_disk, capsys):
+    data = tmp_path / "data"
+    extract.run(["--input", str(stills(tmp_path / "pictures", n=12)), "--output", str(data), "--size", "16x16"])
+    for leave in (0, 64 << 10):
+        _fill(small_disk, leave)
+        code, err = command_line(train.run, ["--data", str(data), "--out", str(small_disk / f"run{leave}"),
+                                             "--preset", "tiny", "--max-steps", "4", "--no-progress"], capsys)
+        os.remove(small_disk / "filler")
+        line = err.splitlines()[-1]
+        assert code == 2 and line.startswith("cadl: error: ") and "no space left" in line, err
+        assert "Traceback" not in err, err
+        assert not os.path.exists(small_disk / f"run{leave}" / ".cadl-lock")
