@@ -50,6 +50,7 @@ def _tree(folder):
 
 def command_line(run, argv, capsys):
     """(exit status, stderr) of ``jobs.main(run, argv)``, as the command line would give them."""
+    capsys.readouterr()  # only what this command prints
     handlers = logging.root.handlers[:]
     try:
         code = jobs.main(run, argv)
