@@ -10,7 +10,6 @@ import signal
 import sys
 
 JOBS = ("extract", "train", "render", "retrain", "autoencoder", "classifier", "demo")
-EXIT_INTERRUPTED = 130
 
 
 def main(run, argv=None):
@@ -40,6 +39,9 @@ def main(run, argv=None):
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM, start-up included
 
 
 def interrupted(error):

@@ -26,6 +26,19 @@ jobs:
 
 
 def main(argv=None):
+    """``cadl <job> ...``: the job's exit code. Start-up takes seconds (TensorFlow, Beam): Ctrl-C or SIGTERM
+    during it is a line and 130 too."""
+    previous = sigterm_as_interrupt()
+    try:
+        return _start(argv)
+    except KeyboardInterrupt as e:
+        return interrupted(e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _start(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -34,16 +47,9 @@ def main(argv=None):
     if name not in JOBS:
         print(f"cadl: unknown job {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    previous = sigterm_as_interrupt()
-    try:  # start-up takes seconds (TensorFlow, Beam): Ctrl-C or SIGTERM here is a line too
-        quiet_imports(tensorflow=name != "extract",  # extraction never needs TensorFlow
-                      beam=name in ("extract", "retrain", "demo") or any(a.startswith("--runner") for a in rest))
-        module = importlib.import_module(f"jobs.{name}")
-    except KeyboardInterrupt as e:
-        return interrupted(e)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    quiet_imports(tensorflow=name != "extract",  # extraction never needs TensorFlow
+                  beam=name in ("extract", "retrain", "demo") or any(a.startswith("--runner") for a in rest))
+    module = importlib.import_module(f"jobs.{name}")
     return run_job(module.run, rest)
 
 

@@ -56,7 +56,7 @@ from pipelines.errors import CadlError, no_space
 from pipelines.lock import folder_lock
 
 log = logging.getLogger("cadl.extract")
-TMP_PREFIX = ".cadl-extract-"  # the run's work folder inside the output: Beam's parts, the report
+TMP_PREFIX = ".cadl-extract-"  # of the run's work folder in the output (Settings.tmp_dir): Beam's parts, the report
 
 
 def build_parser():
@@ -154,7 +154,7 @@ def _settings(args, output):
         validation_fraction=args.validation_fraction, validation_block=args.validation_block,
         segment_seconds=args.segment_seconds, compression="GZIP" if args.compression == "gzip" else "",
         shard_bytes=int(args.shard_mb * 2 ** 20), num_shards=args.num_shards,
-        tmp_dir=storage.join(output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}"))
+        tmp_dir=storage.join(output, f".cadl-extract-{uuid.uuid4().hex[:12]}"))
 
 
 def _options_record(args, settings):
@@ -309,9 +309,17 @@ def _extract(args, beam_args, output, settings, started):
     if not new:
         raise CadlError(f"{output}: no records: every input was skipped ({len(bad_roots)} bad; reasons above)")
     result = _run_pipeline(settings, new, celebas, beam_args)
+    # Published as one unit (see pipelines.manifest): shards and moments under new names, then the manifest's
+    # switch. A failure before it removes what this run wrote (``written``) and leaves the old dataset as it was.
+    written = []
     try:
         manifest, moments, run_skipped, new_files = _finalize(args, settings, header, old, new, result, output,
-                                                              skipped)
+                                                              skipped, written)
+    except BaseException:
+        for path in written:  # only this run's files, under names no old file has
+            with contextlib.suppress(Exception):
+                storage.delete(path)
+        raise
     finally:
         storage.remove_tree(settings.tmp_dir)
     skipped += run_skipped
@@ -400,7 +408,7 @@ def _run_pipeline(settings, new, celebas, beam_args):
             state = pipeline.run().wait_until_finish()
     except BaseException as e:  # Ctrl-C and SIGTERM too: no run leaves its work folder behind
         storage.remove_tree(settings.tmp_dir)
-        if not no_space(e):
+        if not (no_space(e) or isinstance(e, KeyboardInterrupt)):  # (workers' tracebacks of the teardown)
             sys.stderr.write(printed.getvalue())
         raise
     else:
@@ -418,21 +426,9 @@ def _drop_beam_errors(record):
     return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
 
 
-def _finalize(args, settings, header, old, new, result, output, problems):
-    """Publish the run: shards and moments under new names, then the manifest (see ``pipelines.manifest``).
-    Any failure before the manifest's switch removes what this run wrote and leaves the old dataset as it
-    was. Returns (manifest, moments, skipped this run, [new file dicts])."""
-    written = []
-    try:
-        return _publish(args, settings, header, old, new, result, output, problems, written)
-    except BaseException:
-        for path in written:  # only this run's files, under names no old file has
-            with contextlib.suppress(Exception):
-                storage.delete(path)
-        raise
-
-
-def _publish(args, settings, header, old, new, result, output, problems, written):
+def _finalize(args, settings, header, old, new, result, output, problems, written):
+    """Rename the parts into shards, build and write the manifest, mean/std images. Returns
+    (manifest, moments, skipped this run, [new file dicts])."""
     from pipelines import manifest as mf
     from pipelines import schema
 

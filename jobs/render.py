@@ -739,6 +739,11 @@ def _load_model(path):
 
 
 def run(argv=None):
+    with contextlib.ExitStack() as held:  # the output's lock, from where it is taken to the end
+        return _run(argv, held)
+
+
+def _run(argv, held):
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.runner:
@@ -748,17 +753,13 @@ def run(argv=None):
     fmt = video_out.output_format(args.output, args.codec, args.crf, args.preset, args.pix_fmt,
                                   args.prores_profile)
     out = _check_paths(args, fmt)
-    work = WorkFolder(out)
-    with work.locked():
-        return _render(args, beam_args, started, output_size, fmt, out, work)
-
-
-def _render(args, beam_args, started, output_size, fmt, out, work):
     info = media.probe(args.input)
     t = time.time()
     model, model_file = _load_model(args.model)
     load_seconds = time.time() - t
     layout = make_layout(info, model.config, fmt, output_size, args.scale, args.side_by_side, args.blend)
+    work = WorkFolder(out)
+    held.enter_context(work.locked())  # before the first write: a second render exits 75 here
     plan = Plan(info=info, layout=layout, fmt=fmt, parts=work.path,
                 segments=tuple(info.segments(args.segment_seconds)),
                 smooth=args.smooth + (1 - args.smooth % 2), batch_size=args.batch_size)

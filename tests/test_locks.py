@@ -1,5 +1,6 @@
 """Every writer holds a lock on the folder it writes: while another live process holds it, a second extract,
-train or render says who and exits 75 (EX_TEMPFAIL) having touched nothing."""
+train or render says who and exits 75 (EX_TEMPFAIL) having touched nothing (render's test is in test_render,
+beside its model)."""
 import logging
 import os
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 import jobs
-from jobs import extract, render, train
+from jobs import extract, train
 from pipelines import lock, owned
 from tests.test_confinement import stills
 
@@ -86,16 +87,6 @@ def test_a_second_train_exits_75_and_touches_nothing(tmp_path, holder, capsys):
     _busy(train.run, ["--data", str(data), "--out", str(run_dir), "--preset", "tiny", "--max-steps", "2"], capsys,
           pid)
     assert _tree(run_dir) == before
-
-
-def test_a_second_render_exits_75_and_keeps_the_first_ones_segment(tmp_path, holder, capsys):
-    parts = tmp_path / "o.mp4.parts"
-    pid = holder(parts, "parts")
-    (parts / ".seg-00000.mp4").write_bytes(b"the first render's segment in progress")
-    before = _tree(parts)
-    _busy(render.run, ["--model", str(tmp_path / "no-model-needed"), "--input", str(tmp_path / "film.mp4"),
-                       "--output", str(tmp_path / "o.mp4")], capsys, pid)
-    assert _tree(parts) == before and not os.path.exists(tmp_path / "o.mp4")
 
 
 def test_a_stale_lock_is_taken_over(tmp_path):

@@ -14,6 +14,7 @@ from jobs import render
 from pipelines import atomic, geometry, media, video_out
 from pipelines.errors import CadlError
 from pipelines.synthetic import make_film
+from tests.test_locks import holder  # noqa: F401 - a fixture: another live process holding a folder's lock
 
 
 @pytest.fixture(scope="session")
@@ -363,6 +364,19 @@ def test_an_output_path_with_a_quote_and_a_line_break_joins(tiny_run, tmp_path):
     summary = _render(tiny_run, film, out, "--segment-seconds", "0.4")
     assert summary["segments"] >= 2 and media.probe(str(out)).num_frames == 30
     assert not os.path.exists(str(out) + ".parts")
+
+
+def test_a_second_render_exits_75_and_keeps_the_first_ones_segment(tiny_run, short_film, tmp_path, holder, capsys):
+    from tests.test_locks import command_line
+
+    parts = tmp_path / "o.mp4.parts"
+    pid = holder(parts, "parts")
+    (parts / ".seg-00000.mp4").write_bytes(b"the first render's segment in progress")
+    before = _tree(parts)
+    code, err = command_line(render.run, ["--model", tiny_run, "--input", str(short_film), "--output",
+                                          str(tmp_path / "o.mp4")], capsys)
+    assert code == 75 and err.startswith("cadl: error: another render") and f"pid {pid}" in err, err
+    assert _tree(parts) == before and not os.path.exists(tmp_path / "o.mp4")
 
 
 def test_model_with_another_channel_count_is_refused(short_film, tmp_path):
