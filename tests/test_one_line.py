@@ -103,14 +103,21 @@ def _wait_for(path, timeout=120):
     raise AssertionError(f"{path}: the extract never started")
 
 
+@pytest.fixture(scope="module")
+def long_film(tmp_path_factory):
+    """A minute of 320x180: several seconds of extraction on two cores, time to interrupt it."""
+    return make_film(tmp_path_factory.mktemp("long") / "long.mp4", "testsrc2", seconds=60, size=(320, 180),
+                     rate="25", audio=False)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_during_extract_is_a_line_and_a_clean_folder(tmp_path, sig):
-    film = make_film(tmp_path / "long.mp4", "testsrc2", seconds=30, size=(160, 90), rate="25", audio=False)
+def test_a_signal_during_extract_is_a_line_and_a_clean_folder(tmp_path, long_film, sig):
     out = tmp_path / "data"
     out.mkdir()
-    proc = _cadl(["extract", "--input", str(film), "--output", str(out), "--size", "64x64"])
+    proc = _cadl(["extract", "--input", str(long_film), "--output", str(out), "--size", "64x64"])
     _wait_for(out)
-    time.sleep(1.0)
+    time.sleep(0.3)  # inside the pipeline
+    assert proc.poll() is None, "the extract finished before it could be interrupted"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
