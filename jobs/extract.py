@@ -45,6 +45,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -308,6 +309,7 @@ def _extract(args, beam_args, output, settings, started):
     skipped += bad_roots
     if not new:
         raise CadlError(f"{output}: no records: every input was skipped ({len(bad_roots)} bad; reasons above)")
+    _check_space(output, settings, new, celebas)
     result = _run_pipeline(settings, new, celebas, beam_args)
     # Published as one unit (see pipelines.manifest): shards and moments under new names, then the manifest's
     # switch. A failure before it removes what this run wrote (``written``) and leaves the old dataset as it was.
@@ -339,6 +341,21 @@ def _extract(args, beam_args, output, settings, started):
              ", ".join(f"{k} {v}" for k, v in splits_new.items()), summary["inputs_extracted"],
              summary["seconds"], summary["inputs_bad"])
     return summary
+
+
+def _check_space(output, settings, new, celebas):
+    """Refuse up front when the records whose number is known before decoding (stills, CelebA pictures;
+    a film's frames are only counted by the workers) clearly will not fit: estimated at half the raw pixels
+    for PNG and a sixteenth for JPEG, so only a run that cannot fit is refused."""
+    if storage.is_url(output):
+        return
+    count = sum(1 for i in new if i.kind == "image") + sum(len(d.names) for d in celebas.values())
+    h, w = settings.size
+    need = count * h * w * 3 // (2 if settings.fmt == "png" else 16)
+    free = shutil.disk_usage(output).free
+    if need > free:
+        raise CadlError(f"{output}: not enough space: {count} records at {h}x{w} need about {need / 2**20:.1f} MiB, "
+                        f"{free / 2**20:.1f} MiB are free; nothing was written")
 
 
 def _write_summary(output, summary):
