@@ -24,5 +24,5 @@ setup(
         "tqdm",
     ],
     extras_require={"test": ["pytest>=7"]},
-    entry_points={"console_scripts": ["cadl=jobs.cli:main"]},
+    entry_points={"console_scripts": ["cadl=jobs.cli:console"]},
 )

@@ -4,10 +4,11 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 
-from jobs import JOBS, main as run_job
+from jobs import EXIT_INTERRUPTED, JOBS, interrupted, main as run_job, sigterm_as_interrupt
 
 USAGE = """usage: cadl <job> [options]
 
@@ -26,6 +27,19 @@ jobs:
 
 
 def main(argv=None):
+    """``cadl <job> ...``: the job's exit code. Start-up takes seconds (TensorFlow, Beam): Ctrl-C or SIGTERM
+    during it is a line and 130 too."""
+    previous = sigterm_as_interrupt()
+    try:
+        return _start(argv)
+    except KeyboardInterrupt as e:
+        return interrupted(e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _start(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -38,6 +52,18 @@ def main(argv=None):
                   beam=name in ("extract", "retrain", "demo") or any(a.startswith("--runner") for a in rest))
     module = importlib.import_module(f"jobs.{name}")
     return run_job(module.run, rest)
+
+
+def console():
+    """The ``cadl`` console script. An interrupted job leaves at once after its line: Beam's and
+    TensorFlow's native threads may still run, and C++ teardown of running threads aborts the process
+    ("terminate called without an active exception") instead of giving the exit code."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 # Start-up lines TensorFlow and Beam print on every run that tell a user nothing: absl INFO lines written
@@ -84,4 +110,4 @@ def quiet_imports(tensorflow=True, beam=True):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from jobs import visual
-from pipelines import atomic, datasets, geometry
+from pipelines import atomic, datasets, geometry, owned
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl")
@@ -288,9 +288,4 @@ def run_config(args, **extra):
 
 
 def check_output(out):
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CadlError(f"{out}: exists and is not a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise CadlError(f"{out}: cannot create the output folder ({e.strerror})") from None
+    owned.make_folder(out, "output folder")

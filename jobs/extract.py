@@ -20,7 +20,10 @@ Beam's FnApiRunner on this machine with one worker per core: Beam's "DirectRunne
 runner, which downloads a binary and so fails (slowly) without internet.
 
 Writes into the output folder: the shards, ``manifest.json`` (see ``pipelines.manifest``), ``mean.png`` and
-``std.png`` (per-pixel mean and standard deviation of every record), ``moments.npz`` and ``summary.json``.
+``std.png`` (per-pixel mean and standard deviation of every record), ``moments.npz``, ``summary.json`` and the
+``.cadl`` marker. A later run's files carry its tag (``r0002-mean.png``) and the manifest's switch publishes
+them (see ``pipelines.manifest``); a local output is locked (``.cadl-lock``) for the run: a second extract
+into it exits 75 touching nothing.
 
 The summary (also returned by ``run``) has these keys:
     output, manifest             the dataset folder and its manifest file
@@ -38,18 +41,23 @@ The summary (also returned by ``run``) has these keys:
 A run with --incremental and nothing new succeeds with inputs_new 0 and writes no shard.
 """
 import argparse
+import contextlib
+import io
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
 import uuid
 
 import jobs
-from pipelines import geometry, schema, sources, storage
-from pipelines.errors import CadlError
+from pipelines import geometry, owned, schema, sources, storage
+from pipelines.errors import CadlError, no_space
+from pipelines.lock import folder_lock
 
 log = logging.getLogger("cadl.extract")
+TMP_PREFIX = ".cadl-extract-"  # of the run's work folder in the output (Settings.tmp_dir): Beam's parts, the report
 
 
 def build_parser():
@@ -249,7 +257,28 @@ def run(argv=None):
     output = storage.normalize(args.output)
     settings = _settings(args, output)
     _check_output(output)
+    # A local output is locked for the whole run: a second extract into it exits 75 and touches nothing.
+    try:
+        with contextlib.nullcontext() if storage.is_url(output) else folder_lock(output, "extract into this folder"):
+            if not storage.is_url(output):
+                _sweep_temp(output)
+            return _extract(args, beam_args, output, settings, started)
+    except Exception as e:
+        if not no_space(e):
+            raise
+        raise CadlError(f"{output}: no space left on device; the dataset there is as it was before this run "
+                        "(free some space and run again)") from None
 
+
+def _sweep_temp(output):
+    """Remove work folders that killed runs left (with the lock held, no other run is using one)."""
+    for name in sorted(os.listdir(output)):
+        if name.startswith(TMP_PREFIX) and os.path.isdir(os.path.join(output, name)):
+            log.info("%s: removing %s, left by an interrupted run", output, name)
+            storage.remove_tree(os.path.join(output, name))
+
+
+def _extract(args, beam_args, output, settings, started):
     from pipelines import manifest as mf
 
     old = mf.read(output)
@@ -289,10 +318,19 @@ def run(argv=None):
     skipped += bad_roots
     if not new:
         raise CadlError(f"{output}: no records: every input was skipped ({len(bad_roots)} bad; reasons above)")
+    _check_space(output, settings, new, celebas)
     result = _run_pipeline(settings, new, celebas, beam_args)
+    # Published as one unit (see pipelines.manifest): shards and moments under new names, then the manifest's
+    # switch. A failure before it removes what this run wrote (``written``) and leaves the old dataset as it was.
+    written = []
     try:
         manifest, moments, run_skipped, new_files = _finalize(args, settings, header, old, new, result, output,
-                                                              skipped)
+                                                              skipped, written)
+    except BaseException:
+        for path in written:  # only this run's files, under names no old file has
+            with contextlib.suppress(Exception):
+                storage.delete(path)
+        raise
     finally:
         storage.remove_tree(settings.tmp_dir)
     skipped += run_skipped
@@ -312,6 +350,21 @@ def run(argv=None):
              ", ".join(f"{k} {v}" for k, v in splits_new.items()), summary["inputs_extracted"],
              summary["seconds"], summary["inputs_bad"])
     return summary
+
+
+def _check_space(output, settings, new, celebas):
+    """Refuse up front when the records whose number is known before decoding (stills, CelebA pictures;
+    a film's frames are only counted by the workers) clearly will not fit: estimated at half the raw pixels
+    for PNG and a sixteenth for JPEG, so only a run that cannot fit is refused."""
+    if storage.is_url(output):
+        return
+    count = sum(1 for i in new if i.kind == "image") + sum(len(d.names) for d in celebas.values())
+    h, w = settings.size
+    need = count * h * w * 3 // (2 if settings.fmt == "png" else 16)
+    free = shutil.disk_usage(output).free
+    if need > free:
+        raise CadlError(f"{output}: not enough space: {count} records at {h}x{w} need about {need / 2**20:.1f} MiB, "
+                        f"{free / 2**20:.1f} MiB are free; nothing was written")
 
 
 def _write_summary(output, summary):
@@ -369,19 +422,37 @@ def _run_pipeline(settings, new, celebas, beam_args):
     pipeline = beam.Pipeline(runner=runner, options=options)
     records = pipeline | "Extract" >> extract.ExtractRecords(settings, films, images, batches)
     _ = records | "Write" >> extract.WriteDataset(settings)
+    # A worker's failure comes back as the exception raised here; Beam's own log and print of it (a
+    # traceback per bundle, hundreds of lines) only say it again: its error records are dropped, its prints
+    # held back and shown unless the failure is one that becomes a single line (a full disk).
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(_drop_beam_errors)
+    printed = io.StringIO()
     try:
-        state = pipeline.run().wait_until_finish()
-    except Exception:
+        with contextlib.redirect_stderr(printed):
+            state = pipeline.run().wait_until_finish()
+    except BaseException as e:  # Ctrl-C and SIGTERM too: no run leaves its work folder behind
         storage.remove_tree(settings.tmp_dir)
+        if not (no_space(e) or isinstance(e, KeyboardInterrupt)):  # (workers' tracebacks of the teardown)
+            sys.stderr.write(printed.getvalue())
         raise
+    else:
+        sys.stderr.write(printed.getvalue())
     finally:
+        for handler in handlers:
+            handler.removeFilter(_drop_beam_errors)
         storage.films.clear()  # copies of remote films made by workers in this process
     report, moments = extract.read_results(settings.tmp_dir, settings.size)
     return {"report": report, "moments": moments, "attribute_names": attribute_names, "state": str(state),
             "runner": type(runner).__name__ if runner else options.get_all_options()["runner"]}
 
 
-def _finalize(args, settings, header, old, new, result, output, problems):
+def _drop_beam_errors(record):
+    return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
+
+
+def _finalize(args, settings, header, old, new, result, output, problems, written):
     """Rename the parts into shards, build and write the manifest, mean/std images. Returns
     (manifest, moments, skipped this run, [new file dicts])."""
     from pipelines import extract
@@ -408,7 +479,8 @@ def _finalize(args, settings, header, old, new, result, output, problems):
                         "reasons above)")
 
     incremental = bool(args.incremental and old)
-    tag = mf.run_tag(old) if incremental else ""
+    # Names no file of the old dataset has: until the manifest switches, the old dataset stays as it was.
+    tag = mf.run_tag(old, storage.listdir(output) if old else ())
     compressed = settings.compression == "GZIP"
     new_files, splits = [], {}
     for split in schema.SPLITS:
@@ -417,6 +489,7 @@ def _finalize(args, settings, header, old, new, result, output, problems):
         for i, part in enumerate(group):
             name = schema.shard_name(split, i, len(group), compressed=compressed, tag=tag)
             storage.rename(part["path"], storage.join(output, name))
+            written.append(storage.join(output, name))
             new_files.append({"name": name, "split": split, "count": part["count"], "bytes": part["bytes"]})
         if group:
             splits[split] = {"count": sum(p["count"] for p in group), "files": [f["name"] for f in new_files
@@ -450,26 +523,44 @@ def _finalize(args, settings, header, old, new, result, output, problems):
 
     moments = {"count": result["moments"]["count"], "sum": result["moments"]["sum"].astype("int64"),
                "sumsq": result["moments"]["sumsq"].astype("int64")}
+    for f in new_files:
+        f["bytes"] = _size(storage.join(output, f["name"]), f["bytes"])
     manifest = dict(header)
     manifest.update(splits=splits, sources=sources_entry,
                     skipped=sorted(problems + skipped, key=lambda s: s["input"]),
-                    attribute_names=result["attribute_names"],
-                    bytes=sum(_size(storage.join(output, f["name"]), f["bytes"]) for f in new_files),
-                    mean_image=mf.MEAN_IMAGE, std_image=mf.STD_IMAGE, moments=mf.MOMENTS,
+                    attribute_names=result["attribute_names"], bytes=sum(f["bytes"] for f in new_files),
                     options=_options_record(args, settings),
-                    runs=[{"tag": tag, "inputs": len(new), "records": sum(f["count"] for f in new_files)}])
+                    runs=[{"tag": tag, "inputs": len(new), "records": sum(f["count"] for f in new_files)}],
+                    shards={f["name"]: {"count": f["count"], "bytes": f["bytes"]} for f in new_files})
     if incremental:
-        moments = mf.add_moments(mf.read_moments(output, *settings.size), moments)
+        moments = mf.add_moments(mf.read_moments(output, *settings.size, manifest=old), moments)
         manifest = mf.merge(old, manifest)
-    mf.write_moments(output, moments)
-    mf.write(output, manifest)
-    if old and not incremental:
-        # The new manifest is in place: shards only the old one listed are garbage now.
-        keep = set(mf.listed_files(manifest))
-        for name in mf.listed_files(old):
-            if name not in keep and storage.exists(storage.join(output, name)):
-                storage.delete(storage.join(output, name))
+    manifest.update(mf.write_moments(output, moments, tag, written))
+    mf.write(output, manifest)  # the switch: the one step that changes what the folder holds
+    written.clear()
+    owned.mark(output, "dataset")
+    if old:
+        # The new manifest is in place: files only the old one named are garbage now.
+        _delete_unlisted(output, old, manifest)
     return manifest, moments, skipped, new_files
+
+
+
+def _delete_unlisted(output, old, manifest):
+    """Delete the files only the old manifest names, each only when it lies inside the dataset folder: a
+    manifest is data (a folder may come from someone else) and must not be able to delete anything else."""
+    from pipelines import manifest as mf
+
+    keep = set(mf.listed_files(manifest)) | set(mf.moment_files(manifest))
+    for name in mf.listed_files(old) + mf.moment_files(old):
+        if name in keep:
+            continue
+        path = owned.member(output, name)
+        if path is None:
+            log.warning("%s: not deleting %r, which the old manifest lists: it is not a file inside the dataset "
+                        "folder", mf.path(output), name)
+        elif storage.isfile(path):
+            storage.delete(path)
 
 
 def _size(path, fallback):

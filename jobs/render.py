@@ -44,8 +44,9 @@ import cv2
 import numpy as np
 
 import jobs
-from pipelines import atomic, geometry, media, video_out
+from pipelines import atomic, geometry, media, owned, video_out
 from pipelines.errors import CadlError
+from pipelines.lock import LOCK_NAME, folder_lock
 
 log = logging.getLogger("cadl.render")
 STATE = "state.json"
@@ -553,8 +554,18 @@ class WorkFolder:
         self.path = os.path.abspath(os.fspath(output)).rstrip(os.sep) + ".parts"
         self.state_file = os.path.join(self.path, STATE)
 
+    def check(self):
+        """Raise unless ``OUT.parts`` is absent or a render's work folder (its marker, or an older render's
+        ``state.json``): a folder of the user's that happens to sit there is never emptied."""
+        if os.path.lexists(self.path) and not (
+                os.path.isdir(self.path) and (owned.kind_of(self.path) == "parts" or
+                                              os.path.isfile(self.state_file))):
+            raise CadlError(f"{self.path}: is in the way of the render's work folder and is not cadl's "
+                            f"(no {owned.MARKER} marker); move it or choose another output")
+
     def open(self, fingerprint, segments, fmt):
         """Prepare for rendering; returns the ids of segments already committed by an earlier run."""
+        self.check()
         if os.path.isdir(self.path):
             try:
                 state = atomic.read_json(self.state_file)
@@ -562,8 +573,9 @@ class WorkFolder:
                 state = {}
             if state.get("fingerprint") != fingerprint or state.get("segments") != [list(s) for s in segments]:
                 log.info("%s: left by a different command; starting over", self.path)
-                shutil.rmtree(self.path)
+                self._clear()
         os.makedirs(self.path, exist_ok=True)
+        owned.mark(self.path, "parts")
         for name in os.listdir(self.path):  # what a crash left half-written
             if name.startswith(".seg-"):
                 full = os.path.join(self.path, name)
@@ -582,8 +594,36 @@ class WorkFolder:
         atomic.write_json(self.state_file, {"fingerprint": self.fingerprint, "segments": self.segments,
                                             "done": sorted(self.done), "updated": time.time()})
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold ``OUT.parts/.cadl-lock`` for the render: a second render to the same output exits 75 before
+        it touches a segment. On leaving, a finished render's folder (or one with no work in it) is removed."""
+        self.check()
+        os.makedirs(self.path, exist_ok=True)
+        owned.mark(self.path, "parts")
+        lock = folder_lock(self.path, "render to this output").acquire()
+        self.finished = False
+        try:
+            yield self
+        finally:
+            if self.finished or not os.path.exists(self.state_file):
+                self._clear()
+            lock.release()
+            if self.finished or not os.path.exists(self.state_file):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.path, owned.MARKER))
+                    os.rmdir(self.path)  # fails, rightly, if another render has just taken the folder
+
+    def _clear(self):
+        """Remove everything in the folder but its lock and marker."""
+        for name in os.listdir(self.path):
+            if not name.startswith((LOCK_NAME, owned.MARKER)):
+                full = os.path.join(self.path, name)
+                shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.remove(full)
+
     def remove(self):
-        shutil.rmtree(self.path, ignore_errors=True)
+        """The render is complete: the folder goes when the lock is released."""
+        self.finished = True
 
 
 def _fingerprint(args, info, model_file, plan):
@@ -648,6 +688,7 @@ def _check_paths(args, fmt):
         raise CadlError(f"{args.output}: already exists (pass --overwrite to replace it)")
     if os.path.isdir(out) and not fmt.is_sequence:
         raise CadlError(f"{args.output}: is a folder; give a film file name")
+    check_replaceable(out, args.input, args.model)
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -659,6 +700,19 @@ def _check_paths(args, fmt):
     except OSError as e:
         raise CadlError(f"{args.output}: the folder {parent} is not writable ({e.strerror})") from None
     return out
+
+
+def check_replaceable(out, input_path, model_path):
+    """Raise unless ``out`` is absent, a file, or a PNG-sequence folder that cadl render wrote (its marker
+    says so) holding neither the input nor the model: ``--overwrite`` replaces only a render's output."""
+    if not os.path.isdir(out):
+        return
+    for what, path in (("the input film", input_path), ("the model", model_path)):
+        if owned.within(path, out):
+            raise CadlError(f"{out}: not replacing this folder: it holds {what} ({path})")
+    if owned.kind_of(out) != "frames":
+        raise CadlError(f"{out}: not replacing this folder: cadl render did not write it (no {owned.MARKER} "
+                        f"marker of a PNG sequence); remove it yourself or choose another output")
 
 
 def _check_options(args):
@@ -697,6 +751,11 @@ def _load_model(path):
 
 
 def run(argv=None):
+    with contextlib.ExitStack() as held:  # the output's lock, from where it is taken to the end
+        return _run(argv, held)
+
+
+def _run(argv, held):
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.runner:
@@ -716,6 +775,7 @@ def run(argv=None):
     load_seconds = time.time() - t
     layout = make_layout(info, model.config, fmt, output_size, args.scale, args.side_by_side, args.blend)
     work = WorkFolder(out)
+    held.enter_context(work.locked())  # before the first write: a second render exits 75 here
     plan = Plan(info=info, layout=layout, fmt=fmt, parts=work.path,
                 segments=tuple(info.segments(args.segment_seconds)),
                 smooth=args.smooth + (1 - args.smooth % 2), batch_size=args.batch_size,
@@ -774,6 +834,8 @@ def run(argv=None):
                        audio_codec=joined["audio_codec"], audio_kept=joined["audio"] is not None)
         _finish_summary(summary, stats, render_seconds, time.time() - t, started)
         atomic.write_json(os.path.join(staging, "summary.json"), summary)
+        owned.mark(staging, "frames")
+        check_replaceable(out, args.input, args.model)  # again: the folder may have changed meanwhile
         video_out.publish(staging, out)
         summary_path = os.path.join(out, "summary.json")
     else:

@@ -48,7 +48,7 @@ import sys
 import time
 
 import jobs
-from pipelines import atomic
+from pipelines import atomic, owned
 from pipelines.errors import CadlError
 from pipelines.lock import EXIT_BUSY, PidLock
 
@@ -130,16 +130,11 @@ def run(argv=None):
     if args.keep_rejected < 0:
         raise CadlError(f"--keep-rejected must be 0 or more, not {args.keep_rejected}")
     work = os.path.abspath(args.work)
-    if os.path.exists(work) and not os.path.isdir(work):
-        raise CadlError(f"{work}: --work must be a folder")
-    try:
-        os.makedirs(work, exist_ok=True)
-    except OSError as e:
-        raise CadlError(f"{work}: cannot create the work folder ({e.strerror})") from None
+    owned.make_folder(work, "work folder")
 
     lock = PidLock(os.path.join(work, "retrain.lock"), what="retrain")
     lock.acquire()  # first: a busy lock raises LockBusy (exit 75) and we touch nothing else
-    previous_handler = _sigterm_as_interrupt()
+    previous_handler = jobs.sigterm_as_interrupt()  # the partial candidate is kept for the next run
     try:
         if lock.recovered is not None:
             _say(f"recovered a stale lock left by pid {lock.recovered.get('pid')} (that process is gone)")
@@ -148,17 +143,6 @@ def run(argv=None):
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         lock.release()
-
-
-def _sigterm_as_interrupt():
-    """systemd and Airflow stop a job with SIGTERM: unwind like Ctrl-C so the lock is released and the
-    partial candidate is kept for the next run to resume. Returns the previous handler (None off main thread)."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        return None
 
 
 def _say(message):

@@ -24,6 +24,7 @@ and a shared ``--data`` (e.g. gs://); worker 0 (the chief) writes RUN, the other
 ``RUN/workers/<index>/`` which can be deleted afterwards.
 """
 import argparse
+import json
 import logging
 import math
 import os
@@ -35,8 +36,9 @@ import time
 import warnings
 
 import jobs
-from pipelines import atomic, dataset
+from pipelines import atomic, dataset, owned
 from pipelines.errors import CadlError
+from pipelines.lock import LOCK_NAME, folder_lock
 
 log = logging.getLogger("cadl.train")
 
@@ -310,8 +312,11 @@ class Trainer:
         if os.path.exists(config_path):
             try:
                 stored = atomic.read_json(config_path)["model"]
-            except (ValueError, KeyError, OSError) as e:
+            except (ValueError, KeyError, TypeError, OSError) as e:
                 raise CadlError(f"{config_path}: unreadable run config ({_first_line(e)})") from None
+            if not isinstance(stored, dict) or not isinstance(stored.get("image_size"), list):
+                raise CadlError(f"{config_path}: \"model\" is not a model configuration (an object with "
+                                "image_size, ...); use a new --out folder")
             check_compatible(stored, self.manifest, config_path, args.data)
         elif os.path.isdir(self.out) and os.listdir(self.out):
             if os.path.exists(self.ckpt_dir):
@@ -795,19 +800,39 @@ def run(argv=None):
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "max_steps" else 1):
             raise CadlError(f"--{flag.replace('_', '-')} must be positive, not {value}")
+    out = os.path.abspath(args.out)
+    if args.max_steps == 0 and not args.init_from and not os.path.isdir(os.path.join(out, "checkpoints")):
+        raise CadlError(f"--max-steps 0 on a new run would export an untrained model ({out}); give a step "
+                        "target, or --init-from MODEL to copy a model into a new run")
+    owned.make_folder(out, "run folder")
     import keras
 
-    try:
-        trainer = Trainer(args)
-        summary = trainer.fit()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")  # a process-wide setting: leave it as found
+    # One writer per run folder (per worker with --strategy multiworker, which share it): a second train
+    # into it exits 75 before touching anything.
+    with folder_lock(out, "train of this run folder", name=_lock_name(args.strategy)):
+        owned.mark(out, "run")
+        try:
+            trainer = Trainer(args)
+            summary = trainer.fit()
+        finally:
+            keras.mixed_precision.set_global_policy("float32")  # a process-wide setting: leave it as found
     val = summary["validation"]
     log.info("step %d (%.2f epochs): train loss %.2f, validation loss %.2f, validation PSNR %.2f dB, "
              "%.0f images/s; run folder %s", summary["step"], summary["epochs"],
              summary["train"].get("loss", float("nan")), val.get("loss", float("nan")),
              val.get("psnr", float("nan")), summary["images_per_s"] or 0.0, args.out)
     return summary
+
+
+def _lock_name(strategy):
+    """``.cadl-lock``; with --strategy multiworker one per worker (``.cadl-lock-worker-1``), from TF_CONFIG."""
+    if strategy != "multiworker":
+        return LOCK_NAME
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+    except ValueError:
+        task = {}
+    return f"{LOCK_NAME}-{task.get('type', 'worker')}-{task.get('index', 0)}"
 
 
 if __name__ == "__main__":

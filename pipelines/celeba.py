@@ -17,12 +17,15 @@ the 200,000-line attribute file.
 """
 import functools
 import io
+import logging
 import os
 import threading
 import zipfile
 
 from pipelines import storage
 from pipelines.errors import CadlError
+
+log = logging.getLogger("cadl.celeba")
 
 IMAGES = "img_align_celeba"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -229,12 +232,19 @@ class CelebA:
         """image name -> member name inside the zip (``img_align_celeba/000001.jpg``)."""
         if self._members is None:
             with self._lock:
-                members = {}
+                members, outside = {}, 0
                 for info in self._open_zip().infolist():
                     base = info.filename.rsplit("/", 1)[-1]
-                    if (not info.is_dir() and base.lower().endswith(_IMAGE_EXTENSIONS)
-                            and not base.startswith(".") and "__MACOSX" not in info.filename):
+                    if (info.is_dir() or not base.lower().endswith(_IMAGE_EXTENSIONS) or base.startswith(".")
+                            or "__MACOSX" in info.filename):
+                        continue
+                    if info.filename == f"{IMAGES}/{base}":
                         members[base] = info.filename
+                    else:  # "../../evil.jpg", "other/x.jpg": not CelebA's, whatever the name says
+                        outside += 1
+                if outside:
+                    log.warning("%s: ignored %d pictures that are not directly in %s/", self.zip_path, outside,
+                                IMAGES)
                 self._members = members
         return self._members
 

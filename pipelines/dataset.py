@@ -13,6 +13,7 @@ import os
 
 import tensorflow as tf
 
+from pipelines import manifest as mf
 from pipelines import schema
 from pipelines.errors import CadlError
 
@@ -36,14 +37,37 @@ def load_manifest(data_dir):
             manifest = json.load(f)
     except (ValueError, tf.errors.OpError) as e:
         raise CadlError(f"{path}: unreadable manifest ({str(e).splitlines()[0]})") from None
-    version = manifest.get("schema_version")
-    if version != schema.SCHEMA_VERSION:
-        raise CadlError(f"{path}: records of schema version {version}, this cadl reads version "
-                        f"{schema.SCHEMA_VERSION}; re-extract the data with this version")
+    if isinstance(manifest, dict) and manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise CadlError(f"{path}: records of schema version {manifest.get('schema_version')}, this cadl reads "
+                        f"version {schema.SCHEMA_VERSION}; re-extract the data with this version")
+    manifest = mf.validate(manifest, path)
     image = manifest.get("image") or {}
     if not all(isinstance(image.get(k), int) and image[k] > 0 for k in ("height", "width", "channels")):
         raise CadlError(f"{path}: manifest has no valid image height/width/channels")
+    check_shards(data_dir, manifest, path)
     return manifest
+
+
+def check_shards(data_dir, manifest, path):
+    """Every file the manifest lists is there, and (where the manifest records them) the per-file record
+    counts add up to each split's count and each file has the size recorded: a manifest left over other
+    shards is refused instead of trained on."""
+    shards = manifest.get("shards")
+    for split, entry in (manifest.get("splits") or {}).items():
+        for name in entry.get("files", []):
+            file = tf.io.gfile.join(data_dir, name)
+            if not tf.io.gfile.exists(file):
+                raise CadlError(f"{path}: lists {name}, which is not there; extract the dataset again")
+            if shards is None:
+                continue
+            recorded = shards.get(name)
+            size = tf.io.gfile.stat(file).length
+            if recorded is None or size != recorded["bytes"]:
+                raise CadlError(f"{path}: its counts disagree with its shards ({name}: {size} bytes, the manifest "
+                                f"says {(recorded or {}).get('bytes', 'nothing')}); extract the dataset again")
+        if shards is not None and sum(shards[n]["count"] for n in entry.get("files", [])) != entry.get("count", 0):
+            raise CadlError(f"{path}: split {split!r} says {entry.get('count', 0)} records but its shards hold "
+                            f"{sum(shards[n]['count'] for n in entry.get('files', []))}; extract the dataset again")
 
 
 def image_shape(manifest):

@@ -12,8 +12,13 @@ import numpy as np
 FITS = ("crop", "pad", "stretch")
 
 
+# The largest side a picture size may have, in pixels: 8K film frames (4320x7680) fit; 100000x100000 would
+# only end in a MemoryError (the per-pixel statistics alone are 24 bytes a pixel).
+MAX_SIDE = 8192
+
+
 def parse_size(text):
-    """``"72x128"`` -> (72, 128); ``"64"`` -> (64, 64)."""
+    """``"72x128"`` -> (72, 128); ``"64"`` -> (64, 64). Sides are 1..``MAX_SIDE``."""
     try:
         parts = [int(p) for p in str(text).lower().split("x")]
     except ValueError:
@@ -22,6 +27,8 @@ def parse_size(text):
         parts = parts * 2
     if len(parts) != 2 or min(parts) < 1:
         raise ValueError(f"size must look like HxW (e.g. 64x64 or 72x128), not {text!r}")
+    if max(parts) > MAX_SIDE:
+        raise ValueError(f"{text}: sides of at most {MAX_SIDE} pixels")
     return tuple(parts)
 
 

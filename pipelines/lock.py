@@ -1,11 +1,13 @@
-"""A pid lock file: at most one process at a time works in a folder (``cadl retrain`` on its WORKDIR).
+"""A pid lock file: at most one process at a time works in a folder (``cadl retrain`` on its WORKDIR; extract
+on its output folder, train on its run folder and render on its ``OUT.parts`` folder, each with
+``folder_lock``: ``FOLDER/.cadl-lock``).
 
 The lock is a small JSON file created with ``O_CREAT | O_EXCL``, so exactly one process can create it;
 it names its holder (pid, host, the process's start time) and is removed when the holder is done. A
 holder that died without removing it (``kill -9``, a power cut) leaves a *stale* lock: the next process
 sees that the pid is gone (or now belongs to a different process, by its start time) and takes the lock
-over. Checking and taking over happen under a short ``flock`` on a sibling guard file, so two processes
-that find the same stale lock cannot both take it.
+over. Checking and taking over happen under a short ``flock`` on the folder that holds the lock file, so
+two processes that find the same stale lock cannot both take it (and nothing but the lock file is written).
 
 A lock held by a process on another host (a shared filesystem) cannot be checked and is treated as live.
 """
@@ -19,8 +21,9 @@ import time
 
 from pipelines.errors import CadlError
 
-# sysexits.h EX_TEMPFAIL: "try again later". What `cadl retrain` exits with when the lock is busy.
+# sysexits.h EX_TEMPFAIL: "try again later". What every job exits with when its lock is busy.
 EXIT_BUSY = 75
+LOCK_NAME = ".cadl-lock"   # in the folder a job writes; with its ".guard" beside it
 
 
 class LockBusy(CadlError):
@@ -107,10 +110,14 @@ class PidLock:
                 os.remove(self.path)  # stale: its process is gone
                 self.recovered = holder
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:  # a full disk: leave no empty lock behind
+                os.remove(self.path)
+                raise
         self._mine = me
         return self
 
@@ -141,7 +148,8 @@ class PidLock:
     @contextlib.contextmanager
     def _guard(self):
         # A short exclusive flock around check-and-take: the kernel drops it if we die, so it never goes stale.
-        fd = os.open(self.path + ".guard", os.O_CREAT | os.O_RDWR, 0o644)
+        # It is taken on the folder itself, which leaves no file behind.
+        fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_DIRECTORY)
         try:
             while True:
                 try:
@@ -153,3 +161,8 @@ class PidLock:
             yield
         finally:
             os.close(fd)
+
+
+def folder_lock(folder, what, name=LOCK_NAME):
+    """The ``PidLock`` of a folder a job writes (``folder/.cadl-lock``); the folder must exist."""
+    return PidLock(os.path.join(os.fspath(folder), name), what=what)

@@ -8,16 +8,24 @@
      "skipped": [{"input": path, "reason": "..."}],
      "attribute_names": [...], "bytes": N,
      "mean_image": "mean.png", "std_image": "std.png", "options": {...},
-     "moments": "moments.npz", "runs": [{"tag": "", "inputs": N, "records": N}, ...]}
+     "moments": "moments.npz", "runs": [{"tag": "", "inputs": N, "records": N}, ...],
+     "shards": {"<file>": {"count": N, "bytes": N}, ...}}            every listed file's records and size
 
 ``moments.npz`` keeps the exact per-pixel count / sum / sum of squares (int64) so that an incremental run can
 update ``mean.png`` and ``std.png`` without reading the old shards again.
+
+A dataset is published as one unit: a run writes its shards and its moments under names no earlier file has
+(``train-r0003-00000-of-00001.tfrecord``, ``r0003-mean.png``; the first run into a folder has no tag), then
+replaces ``manifest.json`` (one atomic rename): that is the only step that changes what the folder holds.
+Until then the old manifest still describes the old files, untouched; after it, the files only the old
+manifest named are deleted. Readers find every file through the manifest, never by a fixed name.
 
 A dataset folder may be a URL of any filesystem Apache Beam knows (``gs://bucket/data``): every file here is
 read and written through ``pipelines.storage`` (atomically: a temp file, then a rename).
 """
 import gzip
 import io
+import json
 import struct
 
 import cv2
@@ -46,10 +54,43 @@ def read(folder):
         manifest = storage.read_json(file)
     except (OSError, ValueError) as e:
         raise CadlError(f"{file}: not a readable manifest ({e})") from None
+    return validate(manifest, file)
+
+
+def validate(manifest, file):
+    """``manifest`` when its shape is what ``cadl extract`` writes; otherwise one line naming ``file`` and the
+    first problem (a manifest is data: it may come from anywhere)."""
+    if not isinstance(manifest, dict):
+        raise CadlError(f"{file}: not a manifest (a JSON {type(manifest).__name__}, not an object)")
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
         raise CadlError(f"{file}: schema version {manifest.get('schema_version')} is not "
                         f"{schema.SCHEMA_VERSION}; extract again into a new folder")
+    splits = manifest.get("splits", {})
+    if not isinstance(splits, dict):
+        raise CadlError(f"{file}: \"splits\" is not an object")
+    for name, split in splits.items():
+        if not (isinstance(split, dict) and _count(split.get("count")) and isinstance(split.get("files", []), list)
+                and all(isinstance(f, str) and f for f in split.get("files", []))):
+            raise CadlError(f"{file}: split {name!r} needs a whole \"count\" >= 0 and a list of file names, "
+                            f"not {json.dumps(split)[:80]}")
+    shards = manifest.get("shards", {})
+    if not (isinstance(shards, dict) and all(isinstance(v, dict) and _count(v.get("count")) and
+                                             _count(v.get("bytes")) for v in shards.values())):
+        raise CadlError(f"{file}: \"shards\" must map file names to whole counts and byte sizes")
+    for key in ("mean_image", "std_image", "moments"):
+        if key in manifest and member_name(manifest[key]) is None:
+            raise CadlError(f"{file}: {key} {manifest[key]!r} is not a file name inside the dataset folder")
     return manifest
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def member_name(name):
+    """``name`` when it is a plain relative file name (no "/", "..", scheme), else None."""
+    ok = isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0:")
+    return name if ok else None
 
 
 def write(folder, manifest):
@@ -72,11 +113,20 @@ def already_extracted(manifest, inputs):
     return new, done, changed
 
 
-def run_tag(manifest):
-    """Shard-name tag for the next run into a folder: "" for the first, then "r0002-", "r0003-", ..."""
+def run_tag(manifest, taken=()):
+    """Name tag for the next run's files: "" for the first into a folder, then "r0002-", "r0003-", ...; never
+    the prefix of a file the manifest names or of a name in ``taken`` (after a rebuild the counting restarts)."""
     if not manifest:
         return ""
-    return f"r{len(manifest.get('runs', [])) + 1:04d}-"
+    names = set(listed_files(manifest)) | set(moment_files(manifest)) | set(taken)
+    n = len(manifest.get("runs", [])) + 1
+    while any(_tagged(name, f"r{n:04d}-") for name in names):
+        n += 1
+    return f"r{n:04d}-"
+
+
+def _tagged(name, tag):
+    return name.startswith(tag) or f"-{tag}" in name
 
 
 def check_compatible(old, new, folder):
@@ -107,6 +157,7 @@ def merge(old, new):
     out["attribute_names"] = old.get("attribute_names") or new.get("attribute_names") or []
     out["bytes"] = old.get("bytes", 0) + new.get("bytes", 0)
     out["runs"] = list(old.get("runs", [])) + list(new.get("runs", []))
+    out["shards"] = {**old.get("shards", {}), **new.get("shards", {})}
     out["options"] = new.get("options", {})
     return out
 
@@ -114,6 +165,11 @@ def merge(old, new):
 def listed_files(manifest):
     """Every shard file a manifest lists (names relative to its folder)."""
     return [f for split in (manifest or {}).get("splits", {}).values() for f in split.get("files", [])]
+
+
+def moment_files(manifest):
+    """The moments file and the mean and standard-deviation images a manifest names."""
+    return [manifest[k] for k in ("moments", "mean_image", "std_image") if (manifest or {}).get(k)]
 
 
 # -- mean and standard-deviation images ----------------------------------------------------------------
@@ -126,24 +182,32 @@ def add_moments(a, b):
     return {"count": a["count"] + b["count"], "sum": a["sum"] + b["sum"], "sumsq": a["sumsq"] + b["sumsq"]}
 
 
-def read_moments(folder, height, width, channels=3):
-    file = storage.join(folder, MOMENTS)
+def read_moments(folder, height, width, channels=3, manifest=None):
+    """The moments ``manifest`` (default: the folder's) names; empty ones when there are none."""
+    manifest = read(folder) if manifest is None else manifest
+    file = storage.join(folder, (manifest or {}).get("moments") or MOMENTS)
     if not storage.exists(file):
         return empty_moments(height, width, channels)
     with np.load(io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file) as z:
         return {"count": int(z["count"]), "sum": z["sum"].astype(np.int64), "sumsq": z["sumsq"].astype(np.int64)}
 
 
-def write_moments(folder, moments):
-    """Write ``moments.npz``, ``mean.png`` and ``std.png`` (uint8 RGB at the dataset's size)."""
+def write_moments(folder, moments, tag="", written=None):
+    """Write ``{tag}moments.npz``, ``{tag}mean.png`` and ``{tag}std.png`` (uint8 RGB at the dataset's size).
+    Returns the manifest's fields naming them; appends each path to ``written`` once it exists."""
     buffer = io.BytesIO()
     np.savez(buffer, count=np.int64(moments["count"]), sum=moments["sum"], sumsq=moments["sumsq"])
-    storage.write_bytes(storage.join(folder, MOMENTS), buffer.getvalue())
     mean, std = mean_std(moments)
+    files = [(MOMENTS, buffer.getvalue())]
     for name, image in ((MEAN_IMAGE, mean), (STD_IMAGE, std)):
         rgb = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        storage.write_bytes(storage.join(folder, name), png.tobytes())
+        files.append((name, png.tobytes()))
+    for name, data in files:
+        storage.write_bytes(storage.join(folder, tag + name), data)
+        if written is not None:
+            written.append(storage.join(folder, tag + name))
+    return {"moments": tag + MOMENTS, "mean_image": tag + MEAN_IMAGE, "std_image": tag + STD_IMAGE}
 
 
 def mean_std(moments):

@@ -8,7 +8,9 @@ Three kinds of input:
             ``img_align_celeba.zip``, or that folder / zip itself; it is not searched further
 
 Hidden files and folders (names starting with ".") are ignored, and so are files of other types found while
-searching a folder (a folder of films may hold subtitles). Paths that match nothing are reported as problems,
+searching a folder (a folder of films may hold subtitles). Symbolic links are followed, each directory once
+(by device and inode), so a link loop neither hangs the search nor finds a film twice; a dangling link is
+reported as a problem. Paths that match nothing are reported as problems,
 not errors, so one mistyped path does not stop a batch.
 
 A ``--input`` may also be a URL of any filesystem Apache Beam knows (``gs://bucket/films/``,
@@ -81,7 +83,7 @@ def _add_path(path, base, found, problems, skip=frozenset()):
         _add(found, _celeba_input(path))
     elif os.path.isdir(path):
         before = len(found)
-        _walk(path, found, skip)
+        _walk(path, found, skip, problems)
         if len(found) == before:
             problems.append((path, "no films, images or CelebA found in this folder"))
     elif os.path.isfile(path):
@@ -91,8 +93,20 @@ def _add_path(path, base, found, problems, skip=frozenset()):
         problems.append((path, "not a regular file or folder"))
 
 
-def _walk(top, found, skip=frozenset()):
+def _walk(top, found, skip, problems):
+    # Links are followed, but each directory only once (by device and inode): a link back up the tree
+    # (a/up -> ..) neither hangs the walk nor finds the same films again under longer names.
+    seen = set()
     for folder, dirs, files in os.walk(top, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if os.path.join(folder, d) not in skip)
         celeba_dirs = [d for d in dirs if not d.startswith(".") and celeba.is_celeba_root(os.path.join(folder, d))]
         for d in celeba_dirs:
@@ -107,10 +121,12 @@ def _walk(top, found, skip=frozenset()):
                 continue
             lower = name.lower()
             path = os.path.join(folder, name)
-            if lower.endswith(IMAGE_EXTENSIONS):
-                _add(found, _file_input(path, "image", os.path.relpath(path, top)))
-            elif lower.endswith(FILM_EXTENSIONS):
-                _add(found, _file_input(path, "film", os.path.relpath(path, top)))
+            kind = "image" if lower.endswith(IMAGE_EXTENSIONS) else "film" if lower.endswith(FILM_EXTENSIONS) else None
+            if kind and not os.path.exists(path):
+                problems.append((path, f"a dangling link (to {os.readlink(path)}, which is not there)"
+                                 if os.path.islink(path) else "vanished while the folder was searched"))
+            elif kind:
+                _add(found, _file_input(path, kind, os.path.relpath(path, top)))
 
 
 def _add(found, item):

@@ -366,7 +366,7 @@ def join(segment_paths, segments, output, fmt, source_info, keep_audio=True, aud
     with open(listing, "w") as f:
         f.write("ffconcat version 1.0\n")
         for k, p in enumerate(segment_paths):
-            f.write(f"file '{os.path.abspath(p)}'\nduration {micros[k + 1] - micros[k]}us\n")
+            f.write(f"file {concat_quote(os.path.relpath(p, folder))}\nduration {micros[k + 1] - micros[k]}us\n")
     plan = audio_plan(fmt, source_info, keep_audio, audio_track)
     # The video starts where it starts in the source, relative to the source's earliest stream, so that
     # audio copied with its own timestamps stays in sync.
@@ -402,6 +402,18 @@ def join(segment_paths, segments, output, fmt, source_info, keep_audio=True, aud
             raise CadlError(f"{output}: joining segments failed ({' '.join(e.args[0]) or 'ffmpeg failed'})")
         os.remove(listing)
         return {"audio": attempt, "audio_codec": info.audio_codec, "info": info}
+
+
+def concat_quote(name):
+    """``name`` as one token of an ffconcat file: single-quoted, a ``'`` written ``'\\''`` (ffmpeg's rules).
+
+    The file is read line by line, so a name cannot hold a newline: the list names each segment relative to
+    the list itself (``seg-00000.mp4``; ffmpeg resolves it from the list's folder), and the folder's own path,
+    whatever characters it has, reaches ffmpeg only as a command-line argument.
+    """
+    if "\n" in name or "\r" in name:
+        raise ValueError(f"{name!r}: a concat list cannot name a file with a line break")
+    return "'" + name.replace("'", "'\\''") + "'"
 
 
 class _JoinFailed(Exception):

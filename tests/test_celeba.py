@@ -130,6 +130,20 @@ def test_sources_find_celeba_inside_a_folder(celeba_folder, tmp_path):
     assert not any(i.path.startswith(str(celeba_folder / "img_align_celeba")) for i in found)
 
 
+def test_zip_members_outside_the_image_folder_are_not_images(tmp_path, caplog):
+    pictures = _jpegs()
+    with zipfile.ZipFile(tmp_path / "img_align_celeba.zip", "w") as z:
+        for name, data in pictures.items():
+            z.writestr(f"img_align_celeba/{name}", data)
+        for evil in ("../../evil.jpg", "/abs/evil2.jpg", "other/evil3.jpg", "img_align_celeba/deep/evil4.jpg"):
+            z.writestr(evil, next(iter(pictures.values())))
+    _write_texts(tmp_path)
+    with caplog.at_level("WARNING", logger="cadl.celeba"):
+        names = CelebA(tmp_path).names
+    assert sorted(names) == sorted(pictures) and not any("evil" in n for n in names)
+    assert "ignored 4 pictures that are not directly in img_align_celeba/" in caplog.text
+
+
 @pytest.mark.parametrize("layout", ["folder", "zip"])
 def test_extract_keeps_the_official_partition_and_attributes(layout, celeba_folder, celeba_zip, tmp_path):
     root = celeba_folder if layout == "folder" else celeba_zip

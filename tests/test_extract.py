@@ -227,7 +227,8 @@ def test_incremental_adds_only_new_inputs(short_film, silent_film, tmp_path):
     merged, whole = mf.read_moments(out, 18, 32), mf.read_moments(both, 18, 32)
     assert merged["count"] == whole["count"] == 125
     assert np.array_equal(merged["sum"], whole["sum"]) and np.array_equal(merged["sumsq"], whole["sumsq"])
-    assert (out / "mean.png").read_bytes() == (both / "mean.png").read_bytes()
+    assert manifest["mean_image"] == "r0002-mean.png" and not (out / "mean.png").exists()  # published as one unit
+    assert (out / manifest["mean_image"]).read_bytes() == (both / "mean.png").read_bytes()
     # Nothing new: success, nothing written.
     third = run("--input", short_film, "--input", silent_film, "--output", out, "--incremental", *common)
     assert third["inputs_new"] == 0 and third["inputs_already_extracted"] == 2 and third["shards_new"] == []
@@ -257,7 +258,7 @@ def test_output_that_cannot_be_written(short_film, tmp_path):
 def test_no_temp_files_are_left(short_film, tmp_path):
     out = tmp_path / "data"
     run("--input", short_film, "--output", out, "--size", "18x32")
-    assert not [n for n in os.listdir(out) if n.startswith(".")]
+    assert [n for n in os.listdir(out) if n.startswith(".")] == [".cadl"]  # the marker saying it is a dataset
 
 
 def test_portable_runner_gives_the_same_records(short_film, ntsc_film, tmp_path):

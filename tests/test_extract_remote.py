@@ -128,7 +128,8 @@ def test_films_stills_and_celeba_zip_from_a_bucket_give_the_local_records(tree, 
         assert storage.read_bytes(f"memfs://bucket/data/{name}") == (tmp_path / "local" / name).read_bytes()
     assert storage.read_json("memfs://bucket/data/summary.json")["records_new"] == remote["records_new"]
     assert memfs_paths("memfs://bucket/data/") == sorted(
-        f"memfs://bucket/data/{n}" for n in ["manifest.json", "mean.png", "std.png", "moments.npz", "summary.json"]
+        f"memfs://bucket/data/{n}" for n in [".cadl", "manifest.json", "mean.png", "std.png", "moments.npz",
+                                             "summary.json"]
         + mf.listed_files(ours))  # no temp folder or write test left behind
     # Each film was copied to the worker once (its segments reused the copy) and the copies are gone.
     assert MemFileSystem.opens[f"{url}/films/gop.mp4"] == 1
@@ -153,13 +154,16 @@ def test_incremental_gzip_and_rerun_on_a_filesystem_with_folders(tree, tmp_path)
     merged = mf.read_moments(out, 18, 32)
     whole = mf.read_moments(tmp_path / "local", 18, 32)
     assert merged["count"] == whole["count"] and np.array_equal(merged["sum"], whole["sum"])
-    # A full rerun replaces the dataset: its shards are renamed onto the first run's names, the r0002 ones go.
+    # A full rerun replaces the dataset: new shards under new names beside the old ones, then the manifest
+    # switches, then every file only the old manifest named goes.
     third = run("--input", f"{url}/films", "--input", f"{url}/faces", "--output", out, *options)
     assert records(out, url) == records(tmp_path / "local", tree)
+    manifest = mf.read(out)
+    assert all(name.split("-")[1] == "r0003" for name in third["shards_new"])
     assert memfs_paths(out + "/") == sorted(
-        f"{out}/{n}" for n in ["manifest.json", "mean.png", "std.png", "moments.npz", "summary.json"]
+        f"{out}/{n}" for n in [".cadl", "manifest.json", "summary.json"] + mf.moment_files(manifest)
         + third["shards_new"])
-    assert storage.read_bytes(f"{out}/mean.png") == (tmp_path / "local" / "mean.png").read_bytes()
+    assert storage.read_bytes(f"{out}/{manifest['mean_image']}") == (tmp_path / "local" / "mean.png").read_bytes()
 
 
 def test_urls_through_the_portable_runner(tree, tmp_path):

@@ -14,6 +14,7 @@ from jobs import render
 from pipelines import atomic, geometry, media, video_out
 from pipelines.errors import CadlError
 from pipelines.synthetic import make_film
+from tests.test_locks import holder  # noqa: F401 - a fixture: another live process holding a folder's lock
 
 
 @pytest.fixture(scope="session")
@@ -320,6 +321,62 @@ def test_bad_input_is_one_line_and_overwrites_nothing(tiny_run, short_film, tmp_
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("cadl: error:") and "broken.mp4" in err and "\n" not in err
     assert not os.path.exists(tmp_path / "o1.mp4") and not os.path.exists(tmp_path / "o.mp4")
+
+
+def _tree(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_overwrite_never_replaces_the_input_a_model_or_a_folder_render_did_not_write(tiny_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "infold"
+    folder.mkdir()
+    film = make_film(folder / "t.mp4", "testsrc2", seconds=0.4, size=(64, 36), rate="25", audio=False)
+    (folder / "notes.txt").write_text("mine")
+    before = _tree(folder)
+    with pytest.raises(CadlError, match="infold: .*not replacing"):
+        _render(tiny_run, film, folder, "--overwrite")
+    assert _tree(folder) == before
+    run_copy = tmp_path / "run"
+    shutil.copytree(tiny_run, run_copy)
+    before = _tree(run_copy)
+    with pytest.raises(CadlError, match="run: .*not replacing"):
+        _render(str(run_copy), film, run_copy, "--overwrite")
+    assert _tree(run_copy) == before
+    # A PNG sequence cadl render wrote is replaced; its replacement is again one render may replace.
+    frames = tmp_path / "frames"
+    _render(tiny_run, film, frames)
+    _render(tiny_run, film, frames, "--overwrite")
+    assert len([f for f in os.listdir(frames) if f.endswith(".png")]) == 10
+    # A folder that merely sits where OUT.parts goes is not cadl's work folder: not emptied.
+    (tmp_path / "o.mp4.parts").mkdir()
+    (tmp_path / "o.mp4.parts" / "keep.txt").write_text("mine")
+    with pytest.raises(CadlError, match="o.mp4.parts: .*not cadl"):
+        _render(tiny_run, film, tmp_path / "o.mp4")
+    assert (tmp_path / "o.mp4.parts" / "keep.txt").read_text() == "mine"
+
+
+def test_an_output_path_with_a_quote_and_a_line_break_joins(tiny_run, tmp_path):
+    film = make_film(tmp_path / "t.mp4", "testsrc2", seconds=1.2, size=(64, 36), rate="25", audio=False)
+    out = tmp_path / "it's\nhere" / "o'k.mp4"
+    summary = _render(tiny_run, film, out, "--segment-seconds", "0.4")
+    assert summary["segments"] >= 2 and media.probe(str(out)).num_frames == 30
+    assert not os.path.exists(str(out) + ".parts")
+
+
+def test_a_second_render_exits_75_and_keeps_the_first_ones_segment(tiny_run, short_film, tmp_path, holder, capsys):
+    from tests.test_locks import command_line
+
+    parts = tmp_path / "o.mp4.parts"
+    pid = holder(parts, "parts")
+    (parts / ".seg-00000.mp4").write_bytes(b"the first render's segment in progress")
+    before = _tree(parts)
+    code, err = command_line(render.run, ["--model", tiny_run, "--input", str(short_film), "--output",
+                                          str(tmp_path / "o.mp4")], capsys)
+    assert code == 75 and err.startswith("cadl: error: another render") and f"pid {pid}" in err, err
+    assert _tree(parts) == before and not os.path.exists(tmp_path / "o.mp4")
 
 
 def test_model_with_another_channel_count_is_refused(short_film, tmp_path):
