@@ -11,7 +11,7 @@ import pytest
 import jobs
 from jobs import extract, train
 from pipelines import lock, owned
-from tests.test_confinement import stills
+from test_confinement import stills
 
 HOLD = """
 import sys, time

@@ -12,8 +12,8 @@ import pytest
 from jobs import extract, train
 from pipelines import manifest as mf
 from pipelines.synthetic import make_film
-from tests.test_confinement import stills
-from tests.test_locks import command_line
+from test_confinement import stills
+from test_locks import command_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,8 +11,8 @@ import pytest
 
 from jobs import extract, train
 from pipelines import manifest as mf
-from tests.test_confinement import stills
-from tests.test_locks import command_line
+from test_confinement import stills
+from test_locks import command_line
 
 
 @pytest.fixture

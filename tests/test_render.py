@@ -14,7 +14,7 @@ from jobs import render
 from pipelines import atomic, geometry, media, video_out
 from pipelines.errors import CadlError
 from pipelines.synthetic import make_film
-from tests.test_locks import holder  # noqa: F401 - a fixture: another live process holding a folder's lock
+from test_locks import holder  # noqa: F401 - a fixture: another live process holding a folder's lock
 
 
 @pytest.fixture(scope="session")
@@ -367,7 +367,7 @@ def test_an_output_path_with_a_quote_and_a_line_break_joins(tiny_run, tmp_path):
 
 
 def test_a_second_render_exits_75_and_keeps_the_first_ones_segment(tiny_run, short_film, tmp_path, holder, capsys):
-    from tests.test_locks import command_line
+    from test_locks import command_line
 
     parts = tmp_path / "o.mp4.parts"
     pid = holder(parts, "parts")
