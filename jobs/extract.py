@@ -48,6 +48,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -429,26 +430,66 @@ def _run_pipeline(settings, new, celebas, beam_args):
     for handler in handlers:
         handler.addFilter(_drop_beam_errors)
     printed = io.StringIO()
+    extract.CANCELLED.clear()
     try:
         with contextlib.redirect_stderr(printed):
             state = pipeline.run().wait_until_finish()
     except BaseException as e:  # Ctrl-C and SIGTERM too: no run leaves its work folder behind
-        storage.remove_tree(settings.tmp_dir)
+        extract.CANCELLED.set()
+        # Beam's worker threads, still tearing down, print their tracebacks straight to sys.stderr: from
+        # now on only this thread speaks there (its one line about what went wrong).
+        sys.stderr = _MainThreadOnly(sys.stderr)
+        _remove_settled(settings.tmp_dir)
         if not (no_space(e) or isinstance(e, KeyboardInterrupt)):  # (workers' tracebacks of the teardown)
             sys.stderr.write(printed.getvalue())
         raise
     else:
         sys.stderr.write(printed.getvalue())
     finally:
-        for handler in handlers:
-            handler.removeFilter(_drop_beam_errors)
+        if not extract.CANCELLED.is_set():  # interrupted: workers still tearing down would log their errors
+            for handler in handlers:
+                handler.removeFilter(_drop_beam_errors)
         storage.films.clear()  # copies of remote films made by workers in this process
     report, moments = extract.read_results(settings.tmp_dir, settings.size)
     return {"report": report, "moments": moments, "attribute_names": attribute_names, "state": str(state),
             "runner": type(runner).__name__ if runner else options.get_all_options()["runner"]}
 
 
+class _MainThreadOnly:
+    """A text stream that passes on what the main thread writes and drops what other threads write."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        if threading.current_thread() is threading.main_thread():
+            return self._stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _remove_settled(folder, quiet=1.5, limit=10.0):
+    """Remove ``folder`` until it has stayed gone for ``quiet`` seconds (a worker thread finishing its bundle
+    may create it again once), for at most ``limit`` seconds."""
+    deadline, gone_since = time.monotonic() + limit, None
+    while time.monotonic() < deadline:
+        if storage.exists(folder):
+            storage.remove_tree(folder)
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= quiet:
+            return
+        time.sleep(0.05)
+
+
 def _drop_beam_errors(record):
+    from pipelines import extract
+
+    if record.name.startswith("apache_beam") and extract.CANCELLED.is_set():
+        return False  # an interrupted run's workers tearing down: their complaints say nothing new
     return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
 
 

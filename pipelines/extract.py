@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import struct
+import threading
 import uuid
 import zipfile
 import zlib
@@ -53,6 +54,21 @@ REPORT = "report.json"           # written into the run's temp folder by the pip
 MOMENTS = "moments.npz"
 STILLS_PER_ITEM = 64             # images per work item: amortizes per-element overhead, still spreads well
 _NAMESPACE = "cadl.extract"      # Beam metrics namespace
+# Set by a driver that was interrupted (Ctrl-C, SIGTERM): its in-process workers, still running their
+# bundles, stop writing into the work folder the driver is removing.
+CANCELLED = threading.Event()
+
+
+class _Discard:
+    """What a cancelled run's workers write into: nothing (no error either: the driver is already gone)."""
+    count = bytes = 0
+    path = first_key = None
+
+    def write(self, key, record):
+        pass
+
+    def close(self):
+        return {"path": None, "count": 0, "bytes": 0, "first_key": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -631,6 +647,8 @@ class WriteShards(beam.DoFn):
 
 
 def _new_shard(settings, split):
+    if CANCELLED.is_set():
+        return _Discard()
     return TFRecordFile(FileSystems.join(settings.tmp_dir, f"{split}-{uuid.uuid4().hex}{settings.suffix}"),
                         settings.compression)
 
@@ -666,6 +684,8 @@ class WriteFile(beam.DoFn):
             data = buffer.getvalue()
         else:
             data = json.dumps(value, sort_keys=True).encode()
+        if CANCELLED.is_set():
+            return
         with FileSystems.create(self.path) as f:
             f.write(data)
 
