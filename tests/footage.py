@@ -142,19 +142,24 @@ def damage_ts(source, path, seed=3, fraction=(0.45, 0.55)):
         f.write(data)
 
 
-def decoded(path):
-    """What ffmpeg itself decodes from the first video stream: (frame count, [pts in seconds, ...]), with
-    ffmpeg's own timestamps (framemd5 after decoding, every frame passed through)."""
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", path,
-                          "-map", "0:V:0", "-fps_mode", "passthrough", "-f", "framemd5", "-"],
+def _frames(args):
+    """(time base, [fields of each packet or frame line]) of an ffmpeg command writing framecrc/framemd5."""
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"] + args + ["-"],
                          capture_output=True, check=True).stdout.decode()
-    tb, times = Fraction(1), []
+    tb, rows = Fraction(1), []
     for line in out.splitlines():
         if line.startswith("#tb 0:"):
             tb = Fraction(line.split(":", 1)[1].strip())
         elif line and not line.startswith("#"):
-            times.append(float(int(line.split(",")[2]) * tb))
-    return len(times), times
+            rows.append([f.strip() for f in line.split(",")])
+    return tb, rows
+
+
+def decoded(path):
+    """What ffmpeg itself decodes from the first video stream: (frame count, [pts in seconds, ...]), with
+    ffmpeg's own timestamps (framemd5 after decoding, every frame passed through)."""
+    tb, rows = _frames(["-i", path, "-map", "0:V:0", "-fps_mode", "passthrough", "-f", "framemd5"])
+    return len(rows), [float(int(r[2]) * tb) for r in rows]
 
 
 def corrupt(data, rng):
@@ -177,16 +182,9 @@ def corrupt(data, rng):
 
 def first_time(path, stream):
     """Seconds of the first shown packet of ``stream`` ("V:0", "a:0") in the file's own timeline."""
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts",
-                          "-fflags", "+genpts", "-i", path, "-map", f"0:{stream}", "-c", "copy", "-f", "framecrc", "-"],
-                         capture_output=True, check=True).stdout.decode()
-    tb, times = Fraction(1), []
-    for line in out.splitlines():
-        if line.startswith("#tb 0:"):
-            tb = Fraction(line.split(":", 1)[1].strip())
-        elif line and not line.startswith("#"):
-            fields = [f.strip() for f in line.split(",")]
-            flags = next((int(f[2:], 16) for f in fields[6:] if f.startswith("F=0x")), 1)
-            if not flags & 0x4 and int(fields[2]) != -(2 ** 63):
-                times.append(int(fields[2]) * tb)
+    tb, rows = _frames(["-copyts", "-fflags", "+genpts", "-i", path, "-map", f"0:{stream}", "-c", "copy",
+                        "-f", "framecrc"])
+    times = [int(r[2]) * tb for r in rows
+             if not next((int(f[2:], 16) for f in r[6:] if f.startswith("F=0x")), 1) & 0x4
+             and int(r[2]) != -(2 ** 63)]
     return float(min(times))

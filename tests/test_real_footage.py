@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -153,11 +152,13 @@ def test_a_stalled_ffmpeg_is_stopped_and_reported(kinds_dir):
     next(frames)
     for pid in _children():  # freeze the decoder: its output stops moving
         os.kill(pid, signal.SIGSTOP)
-    t = time.monotonic()
-    with pytest.raises(media.MediaError, match="stalled") as err:
-        for _ in frames:
-            pass
-    assert time.monotonic() - t < 30
+    faulthandler.dump_traceback_later(120, exit=True)  # without the watchdog this would never return
+    try:
+        with pytest.raises(media.MediaError, match="stalled") as err:
+            for _ in frames:
+                pass
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     assert str(err.value).startswith(path)
 
 
@@ -200,7 +201,6 @@ def test_fuzzed_films_give_frames_or_one_line(kinds_dir, tmp_path):
     try:
         outcomes = {"frames": 0, "refused": 0}
         for path in fuzzed_films(tmp_path, kinds_dir):
-            t = time.monotonic()
             try:
                 info = media.probe(path, stall_seconds=20)
                 got = [i for i, _, _ in media.read_frames(path, (16, 16), info=info, stall_seconds=20)]
@@ -210,7 +210,6 @@ def test_fuzzed_films_give_frames_or_one_line(kinds_dir, tmp_path):
                 message = str(e)
                 assert message.startswith(path) and "\n" not in message, message
                 outcomes["refused"] += 1
-            assert time.monotonic() - t < 60, path
             assert threading.active_count() < 20  # no reader or watchdog threads left behind
     finally:
         faulthandler.cancel_dump_traceback_later()

@@ -2,7 +2,6 @@
 through a batch extract and a render each. Slow: CI runs them (pytest -m slow)."""
 import faulthandler
 import os
-import time
 
 import pytest
 
@@ -97,7 +96,6 @@ def test_fuzzed_films_through_extract_and_render(kinds_dir, tmp_path):
         for film in films:
             out = tmp_path / "renders" / (os.path.basename(film) + ".mp4")
             out.parent.mkdir(exist_ok=True)
-            t = time.monotonic()
             try:
                 result = render.run(["--model", str(tmp_path / "run"), "--input", film, "--output", str(out),
                                      "--preset", "ultrafast", "--stall-seconds", "20"])
@@ -106,7 +104,6 @@ def test_fuzzed_films_through_extract_and_render(kinds_dir, tmp_path):
             except CadlError as e:
                 assert "\n" not in str(e) and not out.exists(), str(e)
                 refused += 1
-            assert time.monotonic() - t < 120, film
         assert rendered + refused == len(films) and rendered >= len(kept) * 0.9
     finally:
         faulthandler.cancel_dump_traceback_later()
