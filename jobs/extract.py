@@ -419,10 +419,6 @@ def _run_pipeline(settings, new, celebas, beam_args):
     log.info("extracting %d films, %d images, %d CelebA roots at %s (%s)", len(films), len(images),
              len(new) - len(films) - len(images), geometry.format_size(settings.size), settings.fit)
     options, runner = pipeline_options(beam_args)
-    storage.makedirs(settings.tmp_dir)
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    records = pipeline | "Extract" >> extract.ExtractRecords(settings, films, images, batches)
-    _ = records | "Write" >> extract.WriteDataset(settings)
     # A worker's failure comes back as the exception raised here; Beam's own log and print of it (a
     # traceback per bundle, hundreds of lines) only say it again: its error records are dropped, its prints
     # held back and shown unless the failure is one that becomes a single line (a full disk).
@@ -431,7 +427,11 @@ def _run_pipeline(settings, new, celebas, beam_args):
         handler.addFilter(_drop_beam_errors)
     printed = io.StringIO()
     extract.CANCELLED.clear()
-    try:
+    try:  # from the work folder's creation on: an interrupt while Beam builds the graph cleans up too
+        storage.makedirs(settings.tmp_dir)
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        records = pipeline | "Extract" >> extract.ExtractRecords(settings, films, images, batches)
+        _ = records | "Write" >> extract.WriteDataset(settings)
         with contextlib.redirect_stderr(printed):
             state = pipeline.run().wait_until_finish()
     except BaseException as e:  # Ctrl-C and SIGTERM too: no run leaves its work folder behind
