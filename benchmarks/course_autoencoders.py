@@ -41,13 +41,13 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from jobs import autoencoder
-    from pipelines import datasets
+    from pipelines import loaders
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or tmp
         data_dir = digits_dir(args.data_dir, args.generated, out)
-        ds = datasets.MNIST(data_dir, split="official")
+        ds = loaders.MNIST(data_dir, split="official")
         test = ds.test.pixels.astype(np.float32) / 255.0
         baseline = float(np.mean(np.square(test - ds.mean_image())))
         results = {"mean-image": {"mse": baseline, "psnr": 10 * np.log10(1 / baseline), "ratio": 1.0}}

@@ -28,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from pipelines import media  # noqa: E402
-from pipelines.synthetic import ffmpeg_exe, make_film  # noqa: E402
+from pipelines.media import ffmpeg_exe  # noqa: E402
+from pipelines.synthetic import make_film  # noqa: E402
 
 from measure import timed  # noqa: E402  (benchmarks/measure.py)
 

@@ -4,7 +4,7 @@
 
 Data: a generated film (ffmpeg's testsrc2) extracted with the real ``cadl extract`` (PNG records).
 
-1. Input alone: images/s of ``pipelines.dataset.make_dataset`` (training mode: shuffle, repeat, parallel PNG
+1. Input alone: images/s of ``pipelines.tfdata.make_dataset`` (training mode: shuffle, repeat, parallel PNG
    decode), without and with the decoded cache, against the limit: a plain in-memory loop that gathers random
    batches of the same decoded images from a numpy array and hands them to TensorFlow.
 2. Training: steps/s of the default VAE's compiled training step fed by the real pipeline (as ``cadl train``
@@ -47,7 +47,7 @@ def main(argv=None):
 
     from jobs import extract
     from models import vae
-    from pipelines import dataset
+    from pipelines import tfdata
     from pipelines.synthetic import make_film
 
     work = args.work or tempfile.mkdtemp(prefix="cadl-input-")
@@ -55,8 +55,8 @@ def main(argv=None):
     if not os.path.exists(os.path.join(data, "manifest.json")):
         make_film(film, "testsrc2", seconds=args.seconds, size=(320, 180), rate="25", audio=False)
         extract.run(["--input", film, "--output", data, "--size", args.size, "--num-shards", "4"])
-    manifest = dataset.load_manifest(data)
-    images = dataset.load_images(data, "train", manifest=manifest)
+    manifest = tfdata.load_manifest(data)
+    images = tfdata.load_images(data, "train", manifest=manifest)
     n, bs = len(images), args.batch_size
     print(f"data: {n} training frames of {args.size}, batch {bs}, {os.cpu_count()} CPUs")
 
@@ -74,7 +74,7 @@ def main(argv=None):
 
     def pipeline(cache):
         def make():
-            it = iter(dataset.make_dataset(data, "train", bs, manifest=manifest, cache=cache))
+            it = iter(tfdata.make_dataset(data, "train", bs, manifest=manifest, cache=cache))
             for _ in range(batches + 2):  # warm up: fill the cache, start the threads
                 next(it)
             return consume(it)
@@ -101,8 +101,8 @@ def main(argv=None):
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.make_train_function()
     feeds = {"constant in-memory batch": lambda: tf.data.Dataset.from_tensors(tf.constant(images[:bs])).repeat(),
-             "pipeline (cadl train default)": lambda: dataset.make_dataset(data, "train", bs, manifest=manifest),
-             "pipeline, --cache no": lambda: dataset.make_dataset(data, "train", bs, manifest=manifest,
+             "pipeline (cadl train default)": lambda: tfdata.make_dataset(data, "train", bs, manifest=manifest),
+             "pipeline, --cache no": lambda: tfdata.make_dataset(data, "train", bs, manifest=manifest,
                                                                  cache=False)}
 
     def steps(it, count):

@@ -19,7 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines import media  # noqa: E402
-from pipelines.synthetic import ffmpeg_exe, make_film  # noqa: E402
+from pipelines.media import ffmpeg_exe  # noqa: E402
+from pipelines.synthetic import make_film  # noqa: E402
 
 
 def median_seconds(fn, repeat):

@@ -62,7 +62,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from jobs import extract, train
-    from pipelines import dataset, media
+    from pipelines import tfdata, media
     from pipelines.synthetic import make_film
 
     work = args.work or tempfile.mkdtemp(prefix="cadl-quality-")
@@ -78,8 +78,8 @@ def main(argv=None):
         extract.run(common + ["--output", train_data, "--end", f"{cut:.3f}", "--validation-fraction", "0.05"])
     if not os.path.exists(os.path.join(test_data, "manifest.json")):
         extract.run(common + ["--output", test_data, "--start", f"{cut:.3f}", "--validation-fraction", "0"])
-    manifest = dataset.load_manifest(test_data)
-    held_out = [s for s in ("train", "validation", "test") if dataset.split_count(manifest, s)]
+    manifest = tfdata.load_manifest(test_data)
+    held_out = [s for s in ("train", "validation", "test") if tfdata.split_count(manifest, s)]
 
     results = {}
     for spec in args.models.split(";"):

@@ -57,7 +57,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from pipelines import media  # noqa: E402
-from pipelines.synthetic import ffmpeg_exe, make_film  # noqa: E402
+from pipelines.media import ffmpeg_exe  # noqa: E402
+from pipelines.synthetic import make_film  # noqa: E402
 
 from measure import timed  # noqa: E402  (benchmarks/measure.py)
 

@@ -44,7 +44,7 @@ from PIL import Image
 import jobs
 from jobs import course, visual
 from models import autoencoders
-from pipelines import atomic, datasets
+from pipelines import atomic, loaders
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl")
@@ -59,7 +59,7 @@ def build_parser():
                     "Writes per-epoch reconstruction montages and their GIF, the dataset's mean and std images, "
                     "checkpoints (a rerun resumes), the exported model (.keras and SavedModel) and "
                     "summary.json with the test reconstruction error.")
-    course.add_dataset_arguments(parser, datasets.DATASETS)
+    course.add_dataset_arguments(parser, loaders.DATASETS)
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=autoencoders.MODELS, default="fc",
                    help="fc | conv (tied weights) | denoising (fc with masking noise 0.5) | vae | conv-vae")

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from jobs import visual
-from pipelines import atomic, datasets, geometry, owned
+from pipelines import atomic, loaders, geometry, owned
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl")
@@ -80,7 +80,7 @@ def add_training_arguments(parser, epochs_help, batch_size, learning_rate):
 
 def _split_arg(text):
     try:
-        return datasets.parse_split(text)
+        return loaders.parse_split(text)
     except ValueError as e:
         raise __import__("argparse").ArgumentTypeError(str(e)) from None
 
@@ -95,7 +95,7 @@ def _size_arg(text):
 def load_dataset(args, one_hot):
     """Load the chosen dataset and log what it holds; ``CadlError`` if the files are not there."""
     started = time.time()
-    ds = datasets.load(args.dataset, args.data_dir, one_hot=one_hot, split=args.split, limit=args.limit,
+    ds = loaders.load(args.dataset, args.data_dir, one_hot=one_hot, split=args.split, limit=args.limit,
                        size=args.size, fit=args.fit, seed=args.seed, channels=1 if args.grayscale else 3,
                        crop_factor=args.crop_factor)
     counts = ds.counts

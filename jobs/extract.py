@@ -308,8 +308,7 @@ def _extract(args, beam_args, output, settings, started):
                "inputs_new": len(new), "inputs_already_extracted": len(done), "inputs_extracted": 0,
                "inputs_bad": 0, "records_new": 0, "splits_new": {}, "shards_new": [], "skipped": skipped}
     if not new:
-        summary.update(records_total=sum(s["count"] for s in old["splits"].values()),
-                       splits={k: v["count"] for k, v in old["splits"].items()}, runner=None,
+        summary.update(records_total=mf.counts(old)["total"], splits=_splits(old), runner=None,
                        seconds=round(time.time() - started, 3))
         _write_summary(output, summary)
         log.info("nothing new to extract into %s", output)
@@ -343,8 +342,7 @@ def _extract(args, beam_args, output, settings, started):
         inputs_bad=len(bad_roots) + len([s for s in run_skipped if s["input"] in {i.path for i in new}]),
         records_new=sum(splits_new.values()), splits_new=splits_new,
         shards_new=[f["name"] for f in new_files], skipped=skipped,
-        records_total=sum(s["count"] for s in manifest["splits"].values()),
-        splits={k: v["count"] for k, v in manifest["splits"].items()}, runner=result["runner"],
+        records_total=mf.counts(manifest)["total"], splits=_splits(manifest), runner=result["runner"],
         seconds=round(time.time() - started, 3))
     _write_summary(output, summary)
     log.info("%s: %d new records (%s) from %d inputs in %.1f s; %d skipped", output, summary["records_new"],
@@ -366,6 +364,12 @@ def _check_space(output, settings, new, celebas):
     if need > free:
         raise CadlError(f"{output}: not enough space: {count} records at {h}x{w} need about {need / 2**20:.1f} MiB, "
                         f"{free / 2**20:.1f} MiB are free; nothing was written")
+
+
+def _splits(manifest):
+    from pipelines import manifest as mf
+
+    return {k: v for k, v in mf.counts(manifest).items() if k != "total"}
 
 
 def _write_summary(output, summary):

@@ -49,6 +49,7 @@ import time
 
 import jobs
 from pipelines import atomic, owned
+from pipelines import manifest as mf
 from pipelines.errors import CadlError
 from pipelines.lock import EXIT_BUSY, PidLock
 
@@ -241,18 +242,6 @@ def _run_id(workdir):
     return run_id
 
 
-def read_manifest(data_dir):
-    from pipelines import schema  # imports TensorFlow: only once the lock is ours
-
-    path = os.path.join(data_dir, schema.MANIFEST)
-    if not os.path.exists(path):
-        return None
-    try:
-        return atomic.read_json(path)
-    except (OSError, ValueError) as e:
-        raise CadlError(f"{path}: unreadable dataset manifest ({e})") from None
-
-
 def data_fingerprint(manifest):
     """A digest of what a dataset holds: every source with its size, mtime and record count, and the
     split counts. Equal fingerprints mean a model trained on one has seen all of the other."""
@@ -263,14 +252,6 @@ def data_fingerprint(manifest):
     splits = {name: split.get("count") for name, split in (manifest.get("splits") or {}).items()}
     blob = json.dumps({"sources": sources, "splits": splits, "image": manifest.get("image")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def record_counts(manifest):
-    if manifest is None:
-        return {"total": 0}
-    counts = {name: int(split.get("count", 0)) for name, split in (manifest.get("splits") or {}).items()}
-    counts["total"] = sum(counts.values())
-    return counts
 
 
 def decide(candidate, current, loss_tolerance=0.01, psnr_tolerance=0.1):
@@ -407,7 +388,7 @@ class Retrain:
         self.stage = "extract"
         from jobs import extract  # late: Beam and TensorFlow take seconds to import
 
-        before = read_manifest(self.wd.data)
+        before = mf.read(self.wd.data)
         argv = []
         for path in self.args.inputs:
             argv += ["--input", path]
@@ -431,7 +412,7 @@ class Retrain:
         t = time.time()
         extracted = extract.run(argv)
         self.summary["seconds"]["extract"] = time.time() - t
-        after = read_manifest(self.wd.data)
+        after = mf.read(self.wd.data)
         if after is None:
             raise CadlError(f"{self.wd.data}: cadl extract wrote no manifest.json")
 
@@ -442,7 +423,7 @@ class Retrain:
         already = int(extracted.get("inputs_already_extracted", 0))
         seen = int(extracted.get("inputs_found", already + len(new_sources)))
         _say(f"inputs: {seen} seen, {len(new_sources)} new; skipping {already} already extracted")
-        counts_before, counts_after = record_counts(before), record_counts(after)
+        counts_before, counts_after = mf.counts(before), mf.counts(after)
         self.summary["inputs"] = {
             "given": list(self.args.inputs), "seen": seen, "new": len(new_sources),
             "already_extracted": already, "bad": int(extracted.get("inputs_bad", 0)), "new_paths": new_sources,

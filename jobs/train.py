@@ -36,7 +36,7 @@ import time
 import warnings
 
 import jobs
-from pipelines import atomic, dataset, owned
+from pipelines import atomic, tfdata, owned
 from pipelines.errors import CadlError
 from pipelines.lock import LOCK_NAME, folder_lock
 
@@ -172,7 +172,7 @@ def model_config(args, manifest, stored=None, base=None):
     ``base`` (a warm start's config) stands in for the default preset when no model flag is given."""
     from models import vae
 
-    shape = dataset.image_shape(manifest)
+    shape = tfdata.image_shape(manifest)
     explicit = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
     if stored is not None:
         conflicts = {k: v for k, v in explicit.items() if stored.get(k) != v}
@@ -197,7 +197,7 @@ def model_config(args, manifest, stored=None, base=None):
 
 
 def check_compatible(config, manifest, where, data_dir):
-    shape = dataset.image_shape(manifest)
+    shape = tfdata.image_shape(manifest)
     want = (config["image_size"][0], config["image_size"][1], config["channels"])
     if tuple(want) != tuple(shape):
         raise CadlError(f"{where}: model is for {want[0]}x{want[1]}x{want[2]} images but {data_dir} holds "
@@ -298,12 +298,12 @@ class Trainer:
         if args.strategy == "multiworker" and resolver is not None and resolver.task_id not in (0, None):
             # Every worker saves (collective ops need all of them), but only the chief writes RUN itself.
             self.out = os.path.join(self.out, "workers", str(resolver.task_id))
-        self.manifest = dataset.load_manifest(args.data)
-        self.train_files = dataset.split_files(args.data, self.manifest, "train")
-        self.train_count = dataset.split_count(self.manifest, "train")
-        self.val_split = "validation" if dataset.split_count(self.manifest, "validation") else (
-            "test" if dataset.split_count(self.manifest, "test") else "train")
-        self.val_files = dataset.split_files(args.data, self.manifest, self.val_split)
+        self.manifest = tfdata.load_manifest(args.data)
+        self.train_files = tfdata.split_files(args.data, self.manifest, "train")
+        self.train_count = tfdata.split_count(self.manifest, "train")
+        self.val_split = "validation" if tfdata.split_count(self.manifest, "validation") else (
+            "test" if tfdata.split_count(self.manifest, "test") else "train")
+        self.val_files = tfdata.split_files(args.data, self.manifest, self.val_split)
         self.skipped = []  # [{"file", "reason"}] shards left out under --skip-corrupt
 
         config_path = os.path.join(self.out, "config.json")
@@ -398,10 +398,10 @@ class Trainer:
         """Save the input pipeline's position (cache + shuffle buffer) in checkpoints when that stays small."""
         if self.args.exact_resume != "auto":
             return self.args.exact_resume == "yes"
-        h, w, c = dataset.image_shape(self.manifest)
-        buffer = min(self.args.shuffle_buffer or dataset.SHUFFLE_BYTES // (h * w * c), self.train_count)
+        h, w, c = tfdata.image_shape(self.manifest)
+        buffer = min(self.args.shuffle_buffer or tfdata.SHUFFLE_BYTES // (h * w * c), self.train_count)
         cached = self.args.cache == "yes" or (self.args.cache == "auto" and
-                                              self.train_count * h * w * c <= dataset.CACHE_AUTO_BYTES)
+                                              self.train_count * h * w * c <= tfdata.CACHE_AUTO_BYTES)
         state = (buffer + (self.train_count if cached else 0)) * h * w * c
         return state <= EXACT_RESUME_BYTES
 
@@ -429,7 +429,7 @@ class Trainer:
         # Distributed iterators and device prefetch cannot be saved: those runs resume with a fresh order.
         self.iterator_checkpointable = self.replicas == 1 and prefetch is None
         files = [f for f in self.train_files if f not in {s["file"] for s in self.skipped}]
-        ds = dataset.make_dataset(self.args.data, "train", self.args.batch_size, manifest=self.manifest,
+        ds = tfdata.make_dataset(self.args.data, "train", self.args.batch_size, manifest=self.manifest,
                                   files=files, training=True, augment=self.args.augment,
                                   cache={"auto": "auto", "yes": True, "no": False}[self.args.cache],
                                   shuffle_buffer=self.args.shuffle_buffer, deterministic=self.args.deterministic,
@@ -440,13 +440,13 @@ class Trainer:
 
     def val_dataset(self):
         files = [f for f in self.val_files if f not in {s["file"] for s in self.skipped}]
-        ds = dataset.make_dataset(self.args.data, self.val_split, self.args.batch_size, manifest=self.manifest,
+        ds = tfdata.make_dataset(self.args.data, self.val_split, self.args.batch_size, manifest=self.manifest,
                                   files=files, training=False)
         return ds.take(self.args.validation_batches)
 
     def data_error(self, error, files):
         """A pipeline op failed: find the corrupt shard; skip it (--skip-corrupt) or stop naming it."""
-        bad = dataset.find_corrupt([f for f in files if f not in {s["file"] for s in self.skipped}],
+        bad = tfdata.find_corrupt([f for f in files if f not in {s["file"] for s in self.skipped}],
                                    self.manifest)
         if not bad:
             raise error
@@ -475,7 +475,7 @@ class Trainer:
         import numpy as np
 
         files = [f for f in self.val_files if f not in {s["file"] for s in self.skipped}]
-        images = dataset.load_images(self.args.data, self.val_split, MONTAGE_IMAGES, self.manifest, files)
+        images = tfdata.load_images(self.args.data, self.val_split, MONTAGE_IMAGES, self.manifest, files)
         rng = np.random.default_rng(self.args.seed)
         z = rng.standard_normal((LATENT_SAMPLES, self.config["latent"])).astype(np.float32)
         return images, z
@@ -762,16 +762,16 @@ def evaluate(model_path, data_dir, split="validation", batch_size=64, skip_corru
 
     from models import vae
 
-    manifest = dataset.load_manifest(data_dir)
+    manifest = tfdata.load_manifest(data_dir)
     model = vae.load_model(model_path)
     check_compatible(model.config, manifest, model_path, data_dir)
-    files = dataset.split_files(data_dir, manifest, split)
+    files = tfdata.split_files(data_dir, manifest, split)
     model.compile(optimizer=keras.optimizers.Adam())
     test_step = tf.function(model.test_step, reduce_retracing=True)
     skipped = []
     while True:
         model.reset_metrics()
-        ds = dataset.make_dataset(data_dir, split, batch_size, manifest=manifest, training=False,
+        ds = tfdata.make_dataset(data_dir, split, batch_size, manifest=manifest, training=False,
                                   files=[f for f in files if f not in skipped])
         if max_batches:
             ds = ds.take(max_batches)
@@ -782,7 +782,7 @@ def evaluate(model_path, data_dir, split="validation", batch_size=64, skip_corru
                 count += int(batch.shape[0])
             break
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
-            bad = dataset.find_corrupt([f for f in files if f not in skipped], manifest)
+            bad = tfdata.find_corrupt([f for f in files if f not in skipped], manifest)
             if not bad:
                 raise
             if not skip_corrupt:

@@ -24,6 +24,7 @@ import zipfile
 
 from pipelines import storage
 from pipelines.errors import CadlError
+from pipelines.media import IMAGE_EXTENSIONS
 
 log = logging.getLogger("cadl.celeba")
 
@@ -33,7 +34,6 @@ ATTRIBUTE_FILE = "list_attr_celeba.txt"
 _PARTITIONS = {"0": "train", "1": "validation", "2": "test"}
 _SUBFOLDERS = ("", "Img", "Eval", "Anno")
 SUBFOLDERS = _SUBFOLDERS[1:]  # the official download's sub-folders
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def find_images(root):
@@ -108,11 +108,11 @@ class CelebA:
         """Sorted image file names, e.g. ``["000001.jpg", "000002.jpg", ...]``."""
         if self.image_folder and storage.is_url(self.image_folder):
             return [n for n in storage.listdir(self.image_folder)
-                    if n.lower().endswith(_IMAGE_EXTENSIONS) and not n.startswith(".")]
+                    if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
         if self.image_folder:
             with os.scandir(self.image_folder) as entries:
                 return sorted(e.name for e in entries
-                              if e.is_file() and e.name.lower().endswith(_IMAGE_EXTENSIONS)
+                              if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
                               and not e.name.startswith("."))
         return sorted(self._zip_members())
 
@@ -235,7 +235,7 @@ class CelebA:
                 members, outside = {}, 0
                 for info in self._open_zip().infolist():
                     base = info.filename.rsplit("/", 1)[-1]
-                    if (info.is_dir() or not base.lower().endswith(_IMAGE_EXTENSIONS) or base.startswith(".")
+                    if (info.is_dir() or not base.lower().endswith(IMAGE_EXTENSIONS) or base.startswith(".")
                             or "__MACOSX" in info.filename):
                         continue
                     if info.filename == f"{IMAGES}/{base}":

@@ -45,16 +45,64 @@ def path(folder):
     return storage.join(folder, schema.MANIFEST)
 
 
-def read(folder):
-    """The manifest of ``folder``, or None when there is none. Raises ``CadlError`` when it is unusable."""
-    file = path(folder)
-    if not storage.exists(file):
+def read(folder, files=storage):
+    """The manifest of ``folder``, or None when there is none. Raises ``CadlError`` when it is unusable.
+
+    ``files``: the file operations (``join``, ``exists``, ``read_json``): ``storage`` (local paths and every
+    filesystem Beam knows) or TensorFlow's (``tfdata``, which reads the shards with them too)."""
+    file = files.join(folder, schema.MANIFEST)
+    if not files.exists(file):
         return None
     try:
-        manifest = storage.read_json(file)
+        manifest = files.read_json(file)
     except (OSError, ValueError) as e:
         raise CadlError(f"{file}: not a readable manifest ({e})") from None
     return validate(manifest, file)
+
+
+def load(folder, files=storage):
+    """The manifest of a dataset to read records from: it exists, names a picture size, and every shard it
+    lists is there with the size and record count it records (a manifest left over other shards is refused
+    instead of trained on). Every problem is one line naming the path."""
+    folder = str(folder)
+    if not files.exists(folder):
+        raise CadlError(f"{folder}: no such data folder (write one with 'cadl extract')")
+    file = files.join(folder, schema.MANIFEST)
+    manifest = read(folder, files)
+    if manifest is None:
+        raise CadlError(f"{folder}: no {schema.MANIFEST} here; not a dataset folder written by 'cadl extract'")
+    image = manifest.get("image") or {}
+    if not all(isinstance(image.get(k), int) and image[k] > 0 for k in ("height", "width", "channels")):
+        raise CadlError(f"{file}: manifest has no valid image height/width/channels")
+    shards = manifest.get("shards")
+    for split, entry in (manifest.get("splits") or {}).items():
+        for name in entry.get("files", []):
+            shard = files.join(folder, name)
+            if not files.exists(shard):
+                raise CadlError(f"{file}: lists {name}, which is not there; extract the dataset again")
+            if shards is None:
+                continue
+            recorded, size = shards.get(name), files.size(shard)
+            if recorded is None or size != recorded["bytes"]:
+                raise CadlError(f"{file}: its counts disagree with its shards ({name}: {size} bytes, the manifest "
+                                f"says {(recorded or {}).get('bytes', 'nothing')}); extract the dataset again")
+        held = sum(shards[n]["count"] for n in entry.get("files", [])) if shards is not None else None
+        if held is not None and held != entry.get("count", 0):
+            raise CadlError(f"{file}: split {split!r} says {entry.get('count', 0)} records but its shards hold "
+                            f"{held}; extract the dataset again")
+    return manifest
+
+
+def split_count(manifest, split):
+    """Records in ``split`` (0 when the dataset has none)."""
+    return int(((manifest.get("splits") or {}).get(split) or {}).get("count", 0))
+
+
+def counts(manifest):
+    """Records per split and their ``total``; ``{"total": 0}`` for no manifest."""
+    result = {name: split_count(manifest, name) for name in (manifest or {}).get("splits") or {}}
+    result["total"] = sum(result.values())
+    return result
 
 
 def validate(manifest, file):

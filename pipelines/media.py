@@ -33,14 +33,21 @@ import threading
 import time
 from fractions import Fraction
 
+import imageio_ffmpeg
 import numpy as np
 
 from pipelines import geometry
 from pipelines.errors import CadlError
-from pipelines.synthetic import ffmpeg_exe
 
 FILM_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
                    ".wmv", ".flv", ".ogv", ".3gp", ".gif", ".m2ts", ".vob", ".divx", ".xvid", ".asf")
+# Still pictures: what OpenCV (extraction) and Pillow (the course's loaders) both decode. A GIF is a film.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def ffmpeg_exe():
+    """The ffmpeg binary bundled with imageio-ffmpeg (or $IMAGEIO_FFMPEG_EXE)."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
 
 # Rates that films really use; a measured rate within 0.1% of one of them is taken to be it, so a
 # Matroska file's millisecond timestamps still give 24000/1001 rather than 23.98.

@@ -23,9 +23,8 @@ import glob
 import os
 
 from pipelines import celeba, storage
-from pipelines.media import FILM_EXTENSIONS
+from pipelines.media import FILM_EXTENSIONS, IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 KINDS = ("film", "image", "celeba")
 
 

@@ -6,9 +6,8 @@ Used by ``cadl demo``, the tests and the benchmarks. lavfi sources give structur
 import os
 import subprocess
 
-import imageio_ffmpeg
-
 from pipelines import atomic
+from pipelines.media import ffmpeg_exe
 
 # Video codec per container, chosen so every file plays everywhere and encodes quickly.
 _VIDEO_CODEC = {".mp4": ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"],
@@ -18,11 +17,6 @@ _VIDEO_CODEC = {".mp4": ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "
                 ".webm": ["-c:v", "libvpx", "-b:v", "1M", "-deadline", "realtime", "-cpu-used", "8"]}
 _AUDIO_CODEC = {".mp4": ["-c:a", "aac"], ".mkv": ["-c:a", "libvorbis"], ".mov": ["-c:a", "aac"],
                 ".avi": ["-c:a", "mp3"], ".webm": ["-c:a", "libvorbis"]}
-
-
-def ffmpeg_exe():
-    """The ffmpeg binary bundled with imageio-ffmpeg (or $IMAGEIO_FFMPEG_EXE)."""
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def make_film(path, source="testsrc2", seconds=4.0, size=(320, 180), rate="25", audio=True,

@@ -33,7 +33,7 @@ from fractions import Fraction
 
 from pipelines import atomic, media
 from pipelines.errors import CadlError
-from pipelines.synthetic import ffmpeg_exe
+from pipelines.media import ffmpeg_exe
 
 CODECS = ("h264", "prores", "ffv1", "png")
 # Codecs each container can hold, the first being the default for that extension.

@@ -10,7 +10,7 @@ import random
 import subprocess
 from fractions import Fraction
 
-from pipelines.synthetic import ffmpeg_exe
+from pipelines.media import ffmpeg_exe
 
 _Q = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
 

@@ -189,7 +189,7 @@ def test_prores_mov_for_editing_gets_uncompressed_audio(ntsc_film, tmp_path):
 
 def _first_time(path, stream):
     import subprocess
-    from pipelines.synthetic import ffmpeg_exe
+    from pipelines.media import ffmpeg_exe
     out = subprocess.run([ffmpeg_exe(), "-v", "error", "-copyts", "-i", str(path), "-map", f"0:{stream}:0", "-c",
                           "copy", "-f", "framecrc", "-"], capture_output=True, text=True, check=True).stdout
     tb = Fraction(next(l for l in out.splitlines() if l.startswith("#tb 0:")).split(":", 1)[1].strip())
@@ -199,7 +199,7 @@ def _first_time(path, stream):
 def test_audio_stays_in_sync_when_the_video_starts_late(tmp_path):
     """A source whose picture starts 0.5 s after its sound keeps that offset in the output."""
     import subprocess
-    from pipelines.synthetic import ffmpeg_exe
+    from pipelines.media import ffmpeg_exe
     source = tmp_path / "late.mp4"
     subprocess.run([ffmpeg_exe(), "-v", "error", "-itsoffset", "0.5", "-f", "lavfi", "-i",
                     "testsrc2=size=96x64:rate=25", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",

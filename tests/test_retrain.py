@@ -12,6 +12,7 @@ import time
 import pytest
 
 from jobs import retrain
+from pipelines import manifest as mf
 from pipelines.errors import CadlError
 from pipelines.lock import EXIT_BUSY, LockBusy, PidLock, pid_alive, read_holder
 
@@ -180,7 +181,7 @@ def test_fingerprint_changes_with_the_data():
     more = json.loads(json.dumps(manifest))
     more["sources"]["/b.mp4"] = {"size": 1, "mtime": 2.0, "count": 5}
     assert retrain.data_fingerprint(manifest) != retrain.data_fingerprint(more)
-    assert retrain.record_counts(manifest) == {"train": 10, "total": 10}
+    assert mf.counts(manifest) == {"train": 10, "total": 10}
 
 
 def test_bad_options_are_one_line_errors(tmp_path):

@@ -10,7 +10,7 @@ from fixtures_course import digits
 from jobs import course
 from models import autoencoders, classifiers
 from models.layers import MaskingNoise, TiedConv2DTranspose, TiedDense
-from pipelines.datasets import one_hot
+from pipelines.loaders import one_hot
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from jobs import train
 from models import vae
-from pipelines import atomic, dataset, schema
+from pipelines import atomic, tfdata, schema
 from pipelines.errors import CadlError
 from train_data import write_dataset
 
@@ -126,7 +126,7 @@ def assert_same_picture(got, want):
 
 def test_exports_reconstruct_like_the_in_process_model(trained, data):
     out, trainer, _ = trained
-    images = dataset.load_images(data, "validation", 8)
+    images = tfdata.load_images(data, "validation", 8)
     z_in = trainer.model.encoder(images.astype(np.float32) / 255.0, training=False)[0]
     want = np.round(np.clip(trainer.model.decoder(z_in).numpy(), 0, 1) * 255).astype(np.uint8)
     inf = vae.load_inference(out)
@@ -255,7 +255,7 @@ def test_mixed_bfloat16_and_xla_run(data, tmp_path):
     assert summary["precision"] == "mixed_bfloat16" and np.isfinite(summary["validation"]["loss"])
     import keras
     assert keras.mixed_precision.global_policy().name == "float32"  # left as found
-    assert vae.load_inference(run).reconstruct(dataset.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)
+    assert vae.load_inference(run).reconstruct(tfdata.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)
 
 
 def test_help_describes_every_option():
@@ -323,8 +323,8 @@ def test_trains_on_real_extraction_output(short_film, tmp_path):
     data = str(tmp_path / "data")
     extract.run(["--input", str(short_film), "--output", data, "--size", "32x32", "--validation-fraction", "0.2",
                  "--validation-block", "0.5"])
-    manifest = dataset.load_manifest(data)
-    assert dataset.split_count(manifest, "train") > 0
+    manifest = tfdata.load_manifest(data)
+    assert tfdata.split_count(manifest, "train") > 0
     out = str(tmp_path / "run")
     summary = train.run(["--data", data, "--out", out, "--max-steps", "80", "--preset", "tiny", "--batch-size", "8",
                          "--no-progress", "--lr", "3e-3", "--log-every", "10"])
@@ -332,7 +332,7 @@ def test_trains_on_real_extraction_output(short_film, tmp_path):
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
     inf = vae.load_inference(out)
     assert inf.config["image_size"] == [32, 32]
-    frames = dataset.load_images(data, summary["validation_split"], 4)
+    frames = tfdata.load_images(data, summary["validation_split"], 4)
     assert inf.reconstruct(frames).shape == (4, 32, 32, 3)
 
 
@@ -358,4 +358,4 @@ def test_mirrored_strategy_over_two_replicas(data, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = atomic.read_json(os.path.join(out, "summary.json"))
     assert summary["step"] == 30 and summary["history"][-1]["loss"] < summary["history"][0]["loss"]
-    assert vae.load_inference(out).reconstruct(dataset.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)
+    assert vae.load_inference(out).reconstruct(tfdata.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)

@@ -25,59 +25,33 @@ CACHE_AUTO_BYTES = 1 * 2**30
 
 
 def load_manifest(data_dir):
-    """Read and check ``DIR/manifest.json``; every problem is a one-line ``CadlError`` naming the path."""
-    data_dir = os.fspath(data_dir)
-    if not tf.io.gfile.exists(data_dir):
-        raise CadlError(f"{data_dir}: no such data folder (write one with 'cadl extract')")
-    path = tf.io.gfile.join(data_dir, schema.MANIFEST)
-    if not tf.io.gfile.exists(path):
-        raise CadlError(f"{data_dir}: no {schema.MANIFEST} here; not a dataset folder written by 'cadl extract'")
-    try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            manifest = json.load(f)
-    except (ValueError, tf.errors.OpError) as e:
-        raise CadlError(f"{path}: unreadable manifest ({str(e).splitlines()[0]})") from None
-    if isinstance(manifest, dict) and manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise CadlError(f"{path}: records of schema version {manifest.get('schema_version')}, this cadl reads "
-                        f"version {schema.SCHEMA_VERSION}; re-extract the data with this version")
-    manifest = mf.validate(manifest, path)
-    image = manifest.get("image") or {}
-    if not all(isinstance(image.get(k), int) and image[k] > 0 for k in ("height", "width", "channels")):
-        raise CadlError(f"{path}: manifest has no valid image height/width/channels")
-    check_shards(data_dir, manifest, path)
-    return manifest
+    """Read and check ``DIR/manifest.json`` through TensorFlow's filesystems (gs://, ...); every problem is a
+    one-line ``CadlError`` naming the path (see ``manifest.load``)."""
+    return mf.load(data_dir, _GFILE)
 
 
-def check_shards(data_dir, manifest, path):
-    """Every file the manifest lists is there, and (where the manifest records them) the per-file record
-    counts add up to each split's count and each file has the size recorded: a manifest left over other
-    shards is refused instead of trained on."""
-    shards = manifest.get("shards")
-    for split, entry in (manifest.get("splits") or {}).items():
-        for name in entry.get("files", []):
-            file = tf.io.gfile.join(data_dir, name)
-            if not tf.io.gfile.exists(file):
-                raise CadlError(f"{path}: lists {name}, which is not there; extract the dataset again")
-            if shards is None:
-                continue
-            recorded = shards.get(name)
-            size = tf.io.gfile.stat(file).length
-            if recorded is None or size != recorded["bytes"]:
-                raise CadlError(f"{path}: its counts disagree with its shards ({name}: {size} bytes, the manifest "
-                                f"says {(recorded or {}).get('bytes', 'nothing')}); extract the dataset again")
-        if shards is not None and sum(shards[n]["count"] for n in entry.get("files", [])) != entry.get("count", 0):
-            raise CadlError(f"{path}: split {split!r} says {entry.get('count', 0)} records but its shards hold "
-                            f"{sum(shards[n]['count'] for n in entry.get('files', []))}; extract the dataset again")
+class _GFILE:
+    """``manifest.load``'s file operations, done by tf.io.gfile (what reads the shards reads the manifest)."""
+    join = staticmethod(tf.io.gfile.join)
+    exists = staticmethod(tf.io.gfile.exists)
+
+    @staticmethod
+    def read_json(path):
+        try:
+            with tf.io.gfile.GFile(path, "r") as f:
+                return json.load(f)
+        except tf.errors.OpError as e:
+            raise OSError(str(e).splitlines()[0]) from None
+
+    @staticmethod
+    def size(path):
+        return tf.io.gfile.stat(path).length
 
 
 def image_shape(manifest):
     """(H, W, C) of the dataset's pictures."""
     image = manifest["image"]
     return int(image["height"]), int(image["width"]), int(image["channels"])
-
-
-def split_count(manifest, split):
-    return int(((manifest.get("splits") or {}).get(split) or {}).get("count", 0))
 
 
 def split_files(data_dir, manifest, split, require=True):
@@ -136,7 +110,7 @@ def make_dataset(data_dir, split="train", batch_size=32, *, manifest=None, files
     files = list(files) if files is not None else split_files(data_dir, manifest, split)
     if not files:
         raise CadlError(f"{data_dir}: no readable {split!r} shards left")
-    count = split_count(manifest, split)
+    count = mf.split_count(manifest, split)
     image_bytes = shape[0] * shape[1] * shape[2]
     if drop_remainder is None:
         drop_remainder = training  # fixed batch shapes in training (one trace, XLA-friendly); keep all to eval

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import atomic, dataset, schema
+from pipelines import atomic, tfdata, schema
 from pipelines.errors import CadlError
 from train_data import frames, write_dataset
 
@@ -18,20 +18,20 @@ def data16(tmp_path_factory):
 def test_decode_image_alone_and_in_map():
     img = frames(1, (8, 12))[0]
     png = tf.io.encode_png(img)
-    out = dataset.decode_image(png, (8, 12, 3))
+    out = tfdata.decode_image(png, (8, 12, 3))
     assert out.dtype == tf.uint8 and np.array_equal(out.numpy(), img)
-    mapped = tf.data.Dataset.from_tensors(png).map(lambda b: dataset.decode_image(b, (8, 12, 3)))
+    mapped = tf.data.Dataset.from_tensors(png).map(lambda b: tfdata.decode_image(b, (8, 12, 3)))
     assert mapped.element_spec.shape == (8, 12, 3)
     assert np.array_equal(next(iter(mapped)).numpy(), img)
 
 
 def test_random_flip_is_a_mirror_and_reproducible():
     img = tf.constant(frames(1, (8, 8))[0])
-    outs = [dataset.random_flip(img, tf.constant([0, i], tf.int64)).numpy() for i in range(16)]
+    outs = [tfdata.random_flip(img, tf.constant([0, i], tf.int64)).numpy() for i in range(16)]
     flipped = [np.array_equal(o, img.numpy()[:, ::-1]) for o in outs]
     same = [np.array_equal(o, img.numpy()) for o in outs]
     assert all(f or s for f, s in zip(flipped, same)) and any(flipped) and any(same)
-    again = dataset.random_flip(img, tf.constant([0, 3], tf.int64)).numpy()
+    again = tfdata.random_flip(img, tf.constant([0, 3], tf.int64)).numpy()
     assert np.array_equal(again, outs[3])
 
 
@@ -40,9 +40,9 @@ def test_random_flip_is_a_mirror_and_reproducible():
 def test_shapes_and_counts(tmp_path, size, compression, fmt):
     data = write_dataset(tmp_path / "d", {"train": 20, "validation": 7}, size=size, compression=compression,
                          fmt=fmt)
-    batch = next(iter(dataset.make_dataset(data, "train", 4)))
+    batch = next(iter(tfdata.make_dataset(data, "train", 4)))
     assert batch.shape == (4,) + size + (3,) and batch.dtype == tf.uint8
-    val = [b.numpy() for b in dataset.make_dataset(data, "validation", 4, training=False)]
+    val = [b.numpy() for b in tfdata.make_dataset(data, "validation", 4, training=False)]
     assert [len(b) for b in val] == [4, 3]  # one ordered pass, last batch kept
     if fmt == "png":  # lossless: the records hold exactly the pictures written, in manifest order
         want = frames(7, size, seed=20)
@@ -51,7 +51,7 @@ def test_shapes_and_counts(tmp_path, size, compression, fmt):
 
 def test_deterministic_mode_repeats_exactly(data16):
     def take(seed):
-        ds = dataset.make_dataset(data16, "train", 8, deterministic=True, seed=seed, augment=True)
+        ds = tfdata.make_dataset(data16, "train", 8, deterministic=True, seed=seed, augment=True)
         return np.stack([b.numpy() for b in ds.take(12)])  # 12 batches of 8 > 2 epochs of 40
 
     a, b, c = take(1), take(1), take(2)
@@ -60,7 +60,7 @@ def test_deterministic_mode_repeats_exactly(data16):
 
 
 def test_training_stream_covers_every_image_per_epoch(data16):
-    ds = dataset.make_dataset(data16, "train", 8, deterministic=True, seed=0, cache=True)
+    ds = tfdata.make_dataset(data16, "train", 8, deterministic=True, seed=0, cache=True)
     seen = np.concatenate([b.numpy() for b in ds.take(5)])  # exactly one epoch of 40
     want = frames(40, (16, 16), seed=0)
     key = lambda arr: sorted(x.tobytes() for x in arr)  # noqa: E731
@@ -70,7 +70,7 @@ def test_training_stream_covers_every_image_per_epoch(data16):
 def test_augment_flips_some_images(data16):
     plain = {x.tobytes() for x in frames(40, (16, 16), seed=0)}
     mirrored = {x[:, ::-1].tobytes() for x in frames(40, (16, 16), seed=0)}
-    ds = dataset.make_dataset(data16, "train", 8, augment=True, deterministic=True)
+    ds = tfdata.make_dataset(data16, "train", 8, augment=True, deterministic=True)
     got = [x.tobytes() for b in ds.take(10) for x in b.numpy()]
     assert all(g in plain or g in mirrored for g in got)
     assert any(g in mirrored and g not in plain for g in got) and any(g in plain for g in got)
@@ -78,20 +78,20 @@ def test_augment_flips_some_images(data16):
 
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(CadlError, match="no such data folder"):
-        dataset.load_manifest(tmp_path / "nope")
+        tfdata.load_manifest(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CadlError, match="no manifest.json"):
-        dataset.load_manifest(tmp_path / "empty")
+        tfdata.load_manifest(tmp_path / "empty")
     data = write_dataset(tmp_path / "d", {"train": 0, "validation": 4}, size=(8, 8), shards=1)
-    manifest = dataset.load_manifest(data)
+    manifest = tfdata.load_manifest(data)
     with pytest.raises(CadlError, match="no 'train' records"):
-        dataset.split_files(data, manifest, "train")
+        tfdata.split_files(data, manifest, "train")
 
 
 def test_other_schema_version_is_refused(tmp_path):
     data = write_dataset(tmp_path / "d", {"train": 4}, size=(8, 8), shards=1, schema_version=99)
     with pytest.raises(CadlError, match="schema version 99"):
-        dataset.load_manifest(data)
+        tfdata.load_manifest(data)
 
 
 def test_records_of_other_schema_version_are_named(tmp_path, monkeypatch):
@@ -103,16 +103,16 @@ def test_records_of_other_schema_version_are_named(tmp_path, monkeypatch):
     monkeypatch.undo()
     os.replace(os.path.join(tmp_path / "v2", manifest["splits"]["train"]["files"][1]), bad)
     with pytest.raises(tf.errors.InvalidArgumentError):
-        for _ in dataset.make_dataset(data, "train", 4, training=False):
+        for _ in tfdata.make_dataset(data, "train", 4, training=False):
             pass
-    found = dataset.find_corrupt([os.path.join(data, f) for f in manifest["splits"]["train"]["files"]],
-                                 dataset.load_manifest(data))
+    found = tfdata.find_corrupt([os.path.join(data, f) for f in manifest["splits"]["train"]["files"]],
+                                 tfdata.load_manifest(data))
     assert [p for p, _ in found] == [bad] and "schema version" in found[0][1]
 
 
 def test_find_corrupt_names_truncated_and_garbage_shards(tmp_path):
     data = write_dataset(tmp_path / "d", {"train": 12}, size=(8, 8), shards=3)
-    manifest = dataset.load_manifest(data)
+    manifest = tfdata.load_manifest(data)
     files = [os.path.join(data, f) for f in manifest["splits"]["train"]["files"]]
     with open(files[0], "r+b") as f:  # truncate in the middle of a record
         f.truncate(os.path.getsize(files[0]) - 7)
@@ -120,13 +120,13 @@ def test_find_corrupt_names_truncated_and_garbage_shards(tmp_path):
         f.seek(20)
         f.write(b"\xff" * 8)
     with pytest.raises(tf.errors.DataLossError):
-        for _ in dataset.make_dataset(data, "train", 4, training=False):
+        for _ in tfdata.make_dataset(data, "train", 4, training=False):
             pass
-    bad = dataset.find_corrupt(files, manifest)
+    bad = tfdata.find_corrupt(files, manifest)
     assert sorted(p for p, _ in bad) == sorted([files[0], files[2]])
 
 
 def test_load_images_limit_and_order(data16):
-    images = dataset.load_images(data16, "validation", limit=5)
+    images = tfdata.load_images(data16, "validation", limit=5)
     assert images.shape == (5, 16, 16, 3)
     assert np.array_equal(images, frames(12, (16, 16), seed=40)[:5])

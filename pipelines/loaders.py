@@ -32,9 +32,9 @@ from PIL import Image, UnidentifiedImageError
 
 from pipelines import geometry
 from pipelines.errors import CadlError
+from pipelines.media import IMAGE_EXTENSIONS
 
 SPLIT_NAMES = ("train", "validation", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 MNIST_FILES = {  # part -> the file name as published (each also accepted gzipped, and with '.idx' spelling)
     "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
