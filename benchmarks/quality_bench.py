@@ -62,7 +62,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from jobs import extract, train
-    from pipelines import tfdata, media
+    from pipelines import manifest as mf
+    from pipelines import media, tfdata
     from pipelines.synthetic import make_film
 
     work = args.work or tempfile.mkdtemp(prefix="cadl-quality-")
@@ -79,7 +80,7 @@ def main(argv=None):
     if not os.path.exists(os.path.join(test_data, "manifest.json")):
         extract.run(common + ["--output", test_data, "--start", f"{cut:.3f}", "--validation-fraction", "0"])
     manifest = tfdata.load_manifest(test_data)
-    held_out = [s for s in ("train", "validation", "test") if tfdata.split_count(manifest, s)]
+    held_out = [s for s in ("train", "validation", "test") if mf.split_count(manifest, s)]
 
     results = {}
     for spec in args.models.split(";"):

@@ -110,8 +110,8 @@ def train_model(workdir, args):
 
 def prepare_model(model_path, film_path, batch_size):
     """The model and the film's frames, decoded, fitted and batched (padded as render pads) in memory."""
-    from models import vae
-    model = vae.load_inference(model_path)
+    from pipelines import export
+    model = export.load_inference(model_path)
     size, fit = tuple(model.config["image_size"]), model.config.get("fit", "crop")
     frames = np.stack([f for _, _, f in media.read_frames(film_path, size=size, fit=fit)])
     batches = []

@@ -17,7 +17,6 @@ import glob
 import logging
 import os
 import shutil
-import tempfile
 import time
 
 import keras
@@ -245,32 +244,10 @@ def _figures(d):
 
 def export(model, out, image_shape):
     """OUT/export/model.keras and OUT/export/saved_model/ (signature ``serve``: float images -> outputs)."""
-    folder = os.path.join(out, "export")
-    os.makedirs(folder, exist_ok=True)
-    with atomic.atomic_path(os.path.join(folder, "model.keras")) as tmp:
-        model.save(tmp)
-    tmp_dir = tempfile.mkdtemp(prefix=".saved_model.", dir=folder)
-    tf.get_logger().setLevel("WARNING")  # not "Assets written to <temporary folder>"
-    try:
-        saved = os.path.join(tmp_dir, "saved_model")
-        export_saved_model(model, saved, image_shape)
-        final = os.path.join(folder, "saved_model")
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(saved, final)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    from pipelines import export as exporting
+
+    exporting.export(model, os.path.join(out, "export"), exporting.serve_endpoints(model, image_shape))
     return {"keras": "export/model.keras", "saved_model": "export/saved_model"}
-
-
-def export_saved_model(model, path, image_shape):
-    """A SavedModel whose ``serve`` runs ``model(images, training=False)``: inference mode stated explicitly,
-    since Keras' random augmentation layers default to training mode when nobody says."""
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(name="serve", fn=lambda images: model(images, training=False),
-                         input_signature=[tf.TensorSpec((None,) + tuple(image_shape), tf.float32, name="images")])
-    archive.write_out(path, verbose=False)
 
 
 def ensure_built(model, image_shape):

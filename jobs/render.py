@@ -651,8 +651,8 @@ def _render_segment_fn():
             self.segments = beam.metrics.Metrics.counter("render", "segments")
 
         def setup(self):
-            from models import vae
-            self.model = vae.load_inference(self.model_path)
+            from pipelines import export
+            self.model = export.load_inference(self.model_path)
 
         def process(self, k):
             stats = render_segments(self.plan, self.model, [k])
@@ -735,10 +735,10 @@ def _check_options(args):
 
 
 def _load_model(path):
-    from models import vae  # TensorFlow loads here, after the cheap checks
+    from pipelines import export  # TensorFlow loads here, after the cheap checks
     try:
-        model_file = vae.resolve_model_path(path)
-        model = vae.load_inference(path)
+        model_file = export.resolve_model_path(path)
+        model = export.load_inference(path)
     except CadlError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever a broken model folder raises: one line naming it

@@ -29,14 +29,13 @@ import logging
 import math
 import os
 import signal
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 
 import jobs
-from pipelines import atomic, tfdata, owned
+from pipelines import atomic, owned, tfdata
+from pipelines import manifest as mf
 from pipelines.errors import CadlError
 from pipelines.lock import LOCK_NAME, folder_lock
 
@@ -300,9 +299,9 @@ class Trainer:
             self.out = os.path.join(self.out, "workers", str(resolver.task_id))
         self.manifest = tfdata.load_manifest(args.data)
         self.train_files = tfdata.split_files(args.data, self.manifest, "train")
-        self.train_count = tfdata.split_count(self.manifest, "train")
-        self.val_split = "validation" if tfdata.split_count(self.manifest, "validation") else (
-            "test" if tfdata.split_count(self.manifest, "test") else "train")
+        self.train_count = mf.split_count(self.manifest, "train")
+        self.val_split = "validation" if mf.split_count(self.manifest, "validation") else (
+            "test" if mf.split_count(self.manifest, "test") else "train")
         self.val_files = tfdata.split_files(args.data, self.manifest, self.val_split)
         self.skipped = []  # [{"file", "reason"}] shards left out under --skip-corrupt
 
@@ -323,8 +322,8 @@ class Trainer:
                 raise CadlError(f"{self.out}: has checkpoints but no config.json; use a new --out folder")
         source = None
         if stored is None and args.init_from:  # a new run's warm start keeps the network it starts from
-            from models import vae
-            source = vae.load_model(args.init_from)
+            from pipelines import export
+            source = export.load_model(args.init_from)
         self.config = model_config(args, self.manifest, stored, source.config if source is not None else None)
 
         keras.utils.set_random_seed(args.seed)
@@ -379,10 +378,10 @@ class Trainer:
 
     def _warm_start(self, path, source=None):
         """Start from the weights of the model at ``path`` (``source``: that model, when already loaded)."""
-        from models import vae
+        from pipelines import export
 
         if source is None:
-            source = vae.load_model(path)
+            source = export.load_model(path)
         check_compatible(source.config, self.manifest, path, self.args.data)
         arch = ("arch", "widths", "blocks", "latent", "latent_channels", "hidden", "norm")
         if any(source.config[k] != self.config[k] for k in arch):
@@ -521,12 +520,9 @@ class Trainer:
 
     def export(self):
         """export/model.keras and export/saved_model/, each appearing complete."""
-        folder = os.path.join(self.out, "export")
-        os.makedirs(folder, exist_ok=True)
-        with atomic.atomic_path(os.path.join(folder, "model.keras")) as tmp:
-            self.model.save(tmp)
-        export_saved_model(self.model, os.path.join(folder, "saved_model"))
-        return folder
+        from pipelines import export
+
+        return export.export(self.model, os.path.join(self.out, "export"), export.vae_endpoints(self.model))
 
     def _previous_history(self):
         """The loss history of earlier invocations of this run (a resumed run continues the curve)."""
@@ -707,50 +703,6 @@ class Trainer:
         return summary
 
 
-def export_saved_model(model, path):
-    """A SavedModel with ``encode`` (uint8 images -> z_mean, z_log_var), ``decode`` (z -> uint8 images) and
-    ``reconstruct`` (uint8 -> uint8 through z_mean) signatures, written to a temp folder then swapped in."""
-    import keras
-    import tensorflow as tf
-
-    from models.vae import Inference, to_float
-
-    h, w = model.config["image_size"]
-    c, latent = model.config["channels"], model.config["latent"]
-    images = tf.TensorSpec([None, h, w, c], tf.uint8, name="images")
-    zs = tf.TensorSpec([None, latent], tf.float32, name="z")
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-
-    def encode(x):
-        z_mean, z_log_var = model.encoder(to_float(x), training=False)
-        return {"z_mean": tf.cast(z_mean, tf.float32), "z_log_var": tf.cast(z_log_var, tf.float32)}
-
-    def decode(z):
-        return {"images": Inference._to_uint8(model.decoder(z, training=False))}
-
-    def reconstruct(x):
-        z_mean, _ = model.encoder(to_float(x), training=False)
-        return {"images": Inference._to_uint8(model.decoder(z_mean, training=False))}
-
-    archive.add_endpoint("encode", encode, input_signature=[images])
-    archive.add_endpoint("decode", decode, input_signature=[zs])
-    archive.add_endpoint("reconstruct", reconstruct, input_signature=[images])
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(prefix=".saved_model.", dir=parent)
-    try:
-        archive.write_out(os.path.join(tmp, "sm"), verbose=False)
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".old_saved_model.", dir=parent)
-            os.replace(path, os.path.join(old, "sm"))
-        os.replace(os.path.join(tmp, "sm"), path)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def evaluate(model_path, data_dir, split="validation", batch_size=64, skip_corrupt=False, max_batches=None):
     """Loss terms and PSNR of the model at ``model_path`` on ``data_dir``'s ``split`` (deterministic: z = mean).
 
@@ -760,10 +712,10 @@ def evaluate(model_path, data_dir, split="validation", batch_size=64, skip_corru
     import numpy as np
     import tensorflow as tf
 
-    from models import vae
+    from pipelines import export
 
     manifest = tfdata.load_manifest(data_dir)
-    model = vae.load_model(model_path)
+    model = export.load_model(model_path)
     check_compatible(model.config, manifest, model_path, data_dir)
     files = tfdata.split_files(data_dir, manifest, split)
     model.compile(optimizer=keras.optimizers.Adam())

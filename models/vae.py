@@ -1,4 +1,4 @@
-"""The film VAE: a convolutional variational autoencoder in Keras 3, and the inference wrapper render uses.
+"""The film VAE: a convolutional variational autoencoder in Keras 3 (loading and serving it: ``pipelines.export``).
 
     x (B, H, W, C) uint8 or [0, 1] floats
       -> encoder "encoder": convs, stride-2 down ``depth`` times -> (B, H/2^d, W/2^d, widths[-1])
@@ -15,14 +15,10 @@ convs and transposed convs, batch norm, sigmoid activations, dropout, a hidden d
 quality benchmark's baseline. The config dict is the model's only description: ``VAE(config)`` rebuilds it,
 ``get_config`` returns it, and it is saved inside ``.keras`` files and the run folder's ``config.json``.
 """
-import os
-
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
-
-from pipelines.errors import CadlError
 
 # Every knob, with its units and valid choices. Run folders store the full dict, so changing a default here
 # never changes a trained model.
@@ -245,6 +241,11 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
+def to_uint8(images):
+    """The decoder's [0, 1] output -> uint8 0..255, rounded (what a film frame holds)."""
+    return tf.cast(tf.round(tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 1.0) * 255.0), tf.uint8)
+
+
 def to_float(images):
     """uint8 (0..255) -> float32 [0, 1]; floats pass through as float32."""
     if images.dtype == tf.uint8:
@@ -340,78 +341,3 @@ class VAE(keras.Model):
         h, w = self.config["image_size"]
         self(np.zeros((1, h, w, self.config["channels"]), np.float32))
         return self
-
-
-# ---- inference: what render, retrain and evaluate use ----
-
-def resolve_model_path(path):
-    """A run folder, its export folder, a ``.keras`` file or a symlink to any of them -> the ``.keras`` file."""
-    real = os.path.realpath(os.fspath(path))
-    candidates = [real] if real.endswith(".keras") else [
-        os.path.join(real, "export", "model.keras"), os.path.join(real, "model.keras")]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    if not os.path.exists(real):
-        raise CadlError(f"{path}: no such model (expected a run folder, its export/ folder or a .keras file)")
-    raise CadlError(f"{path}: no trained model here (looked for {', '.join(candidates)})")
-
-
-class Inference:
-    """A trained VAE for inference: uint8 frames in, latent means or uint8 frames out, deterministic."""
-
-    def __init__(self, model, path=None):
-        self.model = model
-        self.path = path
-        self.config = dict(model.config)
-        self.encoder, self.decoder = model.encoder, model.decoder
-        self._encode = tf.function(lambda x: self.encoder(to_float(x), training=False)[0],
-                                   reduce_retracing=True)
-        self._decode = tf.function(lambda z: self._to_uint8(self.decoder(z, training=False)),
-                                   reduce_retracing=True)
-        self._reconstruct = tf.function(
-            lambda x: self._to_uint8(self.decoder(self.encoder(to_float(x), training=False)[0],
-                                                  training=False)),
-            reduce_retracing=True)
-
-    @staticmethod
-    def _to_uint8(y):
-        return tf.cast(tf.round(tf.clip_by_value(tf.cast(y, tf.float32), 0.0, 1.0) * 255.0), tf.uint8)
-
-    def _check(self, images):
-        images = np.asarray(images)
-        h, w = self.config["image_size"]
-        if images.ndim != 4 or images.shape[1:] != (h, w, self.config["channels"]):
-            raise CadlError(f"{self.path or 'model'}: expects (B, {h}, {w}, {self.config['channels']}) "
-                            f"images, got {images.shape}")
-        return images
-
-    def encode(self, images):
-        """uint8 (B, H, W, C) -> float32 z_mean (B, latent)."""
-        return self._encode(tf.constant(self._check(images))).numpy()
-
-    def decode(self, z):
-        """(B, latent) -> uint8 (B, H, W, C)."""
-        return self._decode(tf.constant(np.asarray(z, np.float32))).numpy()
-
-    def reconstruct(self, images):
-        """uint8 (B, H, W, C) -> uint8 (B, H, W, C), through z = z_mean."""
-        return self._reconstruct(tf.constant(self._check(images))).numpy()
-
-
-def load_model(path):
-    """The ``VAE`` saved at ``path`` (run folder, export folder, ``.keras`` file or symlink)."""
-    keras_file = resolve_model_path(path)
-    try:
-        model = keras.saving.load_model(keras_file, compile=False)
-    except Exception as e:  # a truncated or foreign file: one line naming it
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CadlError(f"{keras_file}: cannot load model ({reason})") from None
-    if not isinstance(model, VAE):
-        raise CadlError(f"{keras_file}: not a cadl VAE (found {type(model).__name__})")
-    return model
-
-
-def load_inference(path):
-    """``Inference`` for the model at ``path`` (see ``resolve_model_path``)."""
-    return Inference(load_model(path), path=os.fspath(path))

@@ -71,14 +71,14 @@ def test_max_steps_0_on_a_new_run_exports_nothing(data, tmp_path, capsys):
 def test_a_lambda_layer_is_refused_by_safe_mode(tmp_path):
     import keras
 
-    from models import vae
+    from pipelines import export
     from pipelines.errors import CadlError
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
     model.save(tmp_path / "lambda.keras")
     with pytest.raises(CadlError, match=r"lambda.keras: cannot load model .*(Lambda|safe)"):
-        vae.load_model(tmp_path / "lambda.keras")
+        export.load_model(tmp_path / "lambda.keras")
 
 
 def test_a_killed_runs_work_folder_is_removed_by_the_next(data, tmp_path):

@@ -32,8 +32,8 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model(tiny_run):
-    from models import vae
-    return vae.load_inference(tiny_run)
+    from pipelines import export
+    return export.load_inference(tiny_run)
 
 
 @pytest.fixture(scope="module")

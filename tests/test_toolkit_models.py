@@ -10,6 +10,7 @@ from fixtures_course import digits
 from jobs import course
 from models import autoencoders, classifiers
 from models.layers import MaskingNoise, TiedConv2DTranspose, TiedDense
+from pipelines import export
 from pipelines.loaders import one_hot
 
 
@@ -228,8 +229,8 @@ def test_save_restore_and_export_give_identical_predictions(family, kind, mnist_
     # The optimizer state comes back too, so training resumes where it was.
     assert int(restored.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) > 0
 
-    course.export_saved_model(model, str(tmp_path / "saved"), (28, 28, 1))
-    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    export.export(model, str(tmp_path / "export"), export.serve_endpoints(model, (28, 28, 1)))
+    loaded = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
     np.testing.assert_allclose(loaded.serve(probe).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 

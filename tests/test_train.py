@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from jobs import train
 from models import vae
-from pipelines import atomic, tfdata, schema
+from pipelines import atomic, export, schema, tfdata
+from pipelines import manifest as mf
 from pipelines.errors import CadlError
 from train_data import write_dataset
 
@@ -129,7 +130,7 @@ def test_exports_reconstruct_like_the_in_process_model(trained, data):
     images = tfdata.load_images(data, "validation", 8)
     z_in = trainer.model.encoder(images.astype(np.float32) / 255.0, training=False)[0]
     want = np.round(np.clip(trainer.model.decoder(z_in).numpy(), 0, 1) * 255).astype(np.uint8)
-    inf = vae.load_inference(out)
+    inf = export.load_inference(out)
     assert_same_picture(inf.reconstruct(images), want)
     np.testing.assert_allclose(inf.encode(images), z_in.numpy(), rtol=1e-5, atol=1e-5)
     sm = tf.saved_model.load(os.path.join(out, "export", "saved_model"))
@@ -150,7 +151,7 @@ def test_evaluate_and_warm_start(trained, data, tmp_path):
     warm = str(tmp_path / "warm")
     result = train.run(["--data", data, "--out", warm, "--init-from", out, "--max-steps", "0"] + FAST)
     assert result["step"] == 0
-    a, b = vae.load_model(out).get_weights(), vae.load_model(warm).get_weights()
+    a, b = export.load_model(out).get_weights(), export.load_model(warm).get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     with pytest.raises(CadlError, match="architecture"):
         train.run(["--data", data, "--out", str(tmp_path / "w2"), "--init-from", out, "--latent", "5",
@@ -167,7 +168,7 @@ def test_resume_continues_exactly(data, tmp_path, caplog):
         resumed = train.run(common + ["--out", split, "--max-steps", "30"])
     assert "resumed from step 15" in caplog.text
     assert resumed["step"] == 30 and resumed["resumed_from"] == 15 and resumed["steps_this_run"] == 15
-    a, b = vae.load_model(whole).get_weights(), vae.load_model(split).get_weights()
+    a, b = export.load_model(whole).get_weights(), export.load_model(split).get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b))  # same data order, same noise, same optimizer state
     again = train.run(common + ["--out", split, "--max-steps", "30"])  # the global target is reached already
     assert again["step"] == 30 and again["steps_this_run"] == 0
@@ -255,7 +256,7 @@ def test_mixed_bfloat16_and_xla_run(data, tmp_path):
     assert summary["precision"] == "mixed_bfloat16" and np.isfinite(summary["validation"]["loss"])
     import keras
     assert keras.mixed_precision.global_policy().name == "float32"  # left as found
-    assert vae.load_inference(run).reconstruct(tfdata.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)
+    assert export.load_inference(run).reconstruct(tfdata.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)
 
 
 def test_help_describes_every_option():
@@ -324,13 +325,13 @@ def test_trains_on_real_extraction_output(short_film, tmp_path):
     extract.run(["--input", str(short_film), "--output", data, "--size", "32x32", "--validation-fraction", "0.2",
                  "--validation-block", "0.5"])
     manifest = tfdata.load_manifest(data)
-    assert tfdata.split_count(manifest, "train") > 0
+    assert mf.split_count(manifest, "train") > 0
     out = str(tmp_path / "run")
     summary = train.run(["--data", data, "--out", out, "--max-steps", "80", "--preset", "tiny", "--batch-size", "8",
                          "--no-progress", "--lr", "3e-3", "--log-every", "10"])
     assert summary["step"] == 80
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
-    inf = vae.load_inference(out)
+    inf = export.load_inference(out)
     assert inf.config["image_size"] == [32, 32]
     frames = tfdata.load_images(data, summary["validation_split"], 4)
     assert inf.reconstruct(frames).shape == (4, 32, 32, 3)
@@ -358,4 +359,4 @@ def test_mirrored_strategy_over_two_replicas(data, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = atomic.read_json(os.path.join(out, "summary.json"))
     assert summary["step"] == 30 and summary["history"][-1]["loss"] < summary["history"][0]["loss"]
-    assert vae.load_inference(out).reconstruct(tfdata.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)
+    assert export.load_inference(out).reconstruct(tfdata.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)

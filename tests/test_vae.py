@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from models import vae
+from pipelines import export
 from pipelines.errors import CadlError
 from train_data import frames
 
@@ -148,7 +149,7 @@ def test_inference_from_every_kind_of_path(tmp_path):
     x = frames(5, (16, 16))
     want = np.round(np.clip(model(x).numpy(), 0, 1) * 255).astype(np.uint8)
     for path in (run, run / "export", run / "export" / "model.keras", tmp_path / "LATEST"):
-        inf = vae.load_inference(path)
+        inf = export.load_inference(path)
         assert inf.config["image_size"] == [16, 16] and inf.config["channels"] == 3 and inf.config["fit"] == "crop"
         out = inf.reconstruct(x)
         assert out.dtype == np.uint8 and np.array_equal(out, want)
@@ -162,10 +163,10 @@ def test_inference_from_every_kind_of_path(tmp_path):
 
 def test_load_inference_errors(tmp_path):
     with pytest.raises(CadlError, match="no such model"):
-        vae.load_inference(tmp_path / "missing")
+        export.load_inference(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CadlError, match="no trained model"):
-        vae.load_inference(tmp_path / "empty")
+        export.load_inference(tmp_path / "empty")
     (tmp_path / "bad.keras").write_bytes(b"not a zip")
     with pytest.raises(CadlError, match="cannot load"):
-        vae.load_inference(tmp_path / "bad.keras")
+        export.load_inference(tmp_path / "bad.keras")
