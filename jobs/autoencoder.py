@@ -42,9 +42,9 @@ import numpy as np
 from PIL import Image
 
 import jobs
-from jobs import course, visual
+from jobs import course
 from models import autoencoders
-from pipelines import atomic, loaders
+from pipelines import atomic, loaders, visual
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl")

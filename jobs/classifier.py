@@ -39,9 +39,9 @@ import keras
 import numpy as np
 
 import jobs
-from jobs import course, visual
+from jobs import course
 from models import classifiers
-from pipelines import atomic
+from pipelines import atomic, visual
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl")

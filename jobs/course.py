@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from jobs import visual
+from pipelines import visual
 from pipelines import atomic, loaders, geometry, owned
 from pipelines.errors import CadlError
 

@@ -483,7 +483,7 @@ class Trainer:
         """Write recon-STEP.png and latent-STEP.png, log them to TensorBoard, rebuild the GIF."""
         import numpy as np
 
-        from jobs import visual
+        from pipelines import visual
 
         folder = os.path.join(self.out, "montages")
         step = self.step
@@ -505,7 +505,7 @@ class Trainer:
         self.write_gif()
 
     def write_gif(self):
-        from jobs import visual
+        from pipelines import visual
 
         folder = os.path.join(self.out, "montages")
         frames = sorted(f for f in os.listdir(folder) if f.startswith("recon-") and f.endswith(".png"))

@@ -2,7 +2,7 @@ import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
 
-from jobs import visual
+from pipelines import visual
 
 
 def test_montage_shapes():
