@@ -5,7 +5,7 @@
 
 A generated film with structure and motion (ffmpeg's ``testsrc2``, or ``--source``) is extracted with
 the real ``cadl extract`` twice: its first 80% (in time) is the training data, its last 20% the held-out data.
-Each model trains with ``cadl train --max-seconds BUDGET`` in this same run, then ``jobs.train.evaluate`` gives
+Each model trains with ``cadl train --max-seconds BUDGET`` in this same run, then ``pipelines.training.evaluate`` gives
 its PSNR on every held-out frame (z = the latent mean). Printed: one line per model and the margin of ours over
 the better baseline, in dB (goal: >= 3 dB). The machine may be shared: steps reached are printed with each figure.
 
@@ -62,6 +62,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from jobs import extract, train
+    from pipelines import training
     from pipelines import manifest as mf
     from pipelines import media, tfdata
     from pipelines.synthetic import make_film
@@ -92,7 +93,7 @@ def main(argv=None):
         summary = train.run(["--data", train_data, "--out", out, "--max-seconds", str(args.budget),
                              "--no-progress", "--montage-every", "0"] + extra)
         seconds = time.time() - t
-        figures = [train.evaluate(out, test_data, split=s) for s in held_out]
+        figures = [training.evaluate(out, test_data, split=s) for s in held_out]
         count = sum(f["count"] for f in figures)
         psnr = sum(f["psnr"] * f["count"] for f in figures) / count
         results[name] = {"held_out_psnr": psnr, "held_out_frames": count, "steps": summary["step"],

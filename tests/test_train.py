@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from jobs import train
 from models import vae
-from pipelines import atomic, export, schema, tfdata
+from pipelines import atomic, export, schema, tfdata, training
+from pipelines import trainer as trainer_module
 from pipelines import manifest as mf
 from pipelines.errors import CadlError
 from train_data import write_dataset
@@ -30,10 +31,10 @@ def data(tmp_path_factory):
 def trained(data, tmp_path_factory):
     """One run of 60 steps through the Trainer (so the in-process model can be compared with the exports)."""
     out = str(tmp_path_factory.mktemp("run") / "run")
-    args = train.build_parser().parse_args(
+    config = train.config_from_args(train.build_parser().parse_args(
         ["--data", data, "--out", out, "--max-steps", "60", "--montage-every", "20", "--log-every", "5",
-         "--lr", "3e-3", "--lr-schedule", "cosine"] + FAST[:-2])
-    trainer = train.Trainer(args)
+         "--lr", "3e-3", "--lr-schedule", "cosine"] + FAST[:-2]))
+    trainer = trainer_module.Trainer(config)
     summary = trainer.fit()
     return out, trainer, summary
 
@@ -80,11 +81,11 @@ def test_tensorboard_events_hold_scalars_and_images(trained):
 
 def test_learning_rate_decays_over_the_budget(trained):
     trainer = trained[1]
-    assert train.lr_factor("cosine", 0) == 1 and train.lr_factor("cosine", 1) == 0
-    assert train.lr_factor("cosine", 0.5) == pytest.approx(0.5) and train.lr_factor("linear", 0.25) == 0.75
-    assert train.lr_factor("constant", 0.9) == 1 and train.lr_factor("linear", 2) == 0
+    assert trainer_module.lr_factor("cosine", 0) == 1 and trainer_module.lr_factor("cosine", 1) == 0
+    assert trainer_module.lr_factor("cosine", 0.5) == pytest.approx(0.5) and trainer_module.lr_factor("linear", 0.25) == 0.75
+    assert trainer_module.lr_factor("constant", 0.9) == 1 and trainer_module.lr_factor("linear", 2) == 0
     # The last of 60 steps ran at cosine(59/60) of --lr 3e-3; TensorBoard saw it fall all the way.
-    assert float(trainer.optimizer.learning_rate) == pytest.approx(3e-3 * train.lr_factor("cosine", 59 / 60))
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(3e-3 * trainer_module.lr_factor("cosine", 59 / 60))
     lrs = [(step, float(tf.make_ndarray(v.tensor))) for step, v in tb_values(trained[0], "train")
            if v.tag == "learning_rate"]
     values = [v for _, v in sorted(lrs)]
@@ -111,9 +112,8 @@ def test_without_a_bar_each_validation_logs_a_line(data, tmp_path, caplog):
 
 def test_constant_learning_rate_by_default(data, tmp_path):
     out = str(tmp_path / "run")
-    args = train.build_parser().parse_args(["--data", data, "--out", out, "--max-steps", "5", "--lr", "2e-3"]
-                                           + FAST)
-    trainer = train.Trainer(args)
+    trainer = trainer_module.Trainer(train.config_from_args(train.build_parser().parse_args(
+        ["--data", data, "--out", out, "--max-steps", "5", "--lr", "2e-3"] + FAST)))
     trainer.fit()
     assert float(trainer.optimizer.learning_rate) == pytest.approx(2e-3)
 
@@ -144,7 +144,7 @@ def test_exports_reconstruct_like_the_in_process_model(trained, data):
 
 def test_evaluate_and_warm_start(trained, data, tmp_path):
     out, _, summary = trained
-    metrics = train.evaluate(out, data)
+    metrics = training.evaluate(out, data)
     assert metrics["count"] == 16
     assert metrics["psnr"] == pytest.approx(summary["validation"]["psnr"], abs=1e-3)
     assert set(metrics) == {"loss", "reconstruction", "kl", "psnr", "count"}
@@ -194,7 +194,7 @@ def test_run_folder_for_another_image_size(trained, tmp_path):
     with pytest.raises(CadlError, match=r"config.json: model is for 16x16x3 images but .* 16x32x3"):
         train.run(["--data", other, "--out", run, "--max-steps", "4"] + FAST)
     with pytest.raises(CadlError, match="model is for 16x16x3"):
-        train.evaluate(run, other)
+        training.evaluate(run, other)
 
 
 def test_resume_from_a_finished_run(trained, data, tmp_path, caplog):
@@ -343,7 +343,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from jobs import train
-train.pick_strategy = lambda kind: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+from pipelines import trainer
+trainer.pick_strategy = lambda kind: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 summary = train.run(sys.argv[1:])
 assert summary["replicas"] == 2, summary["replicas"]
 """
@@ -360,3 +361,17 @@ def test_mirrored_strategy_over_two_replicas(data, tmp_path):
     summary = atomic.read_json(os.path.join(out, "summary.json"))
     assert summary["step"] == 30 and summary["history"][-1]["loss"] < summary["history"][0]["loss"]
     assert export.load_inference(out).reconstruct(tfdata.load_images(data, "validation", 2)).shape == (2, 16, 16, 3)
+
+
+def test_train_from_python_with_a_config_and_no_command_line(data, tmp_path):
+    out = str(tmp_path / "run")
+    config = training.TrainConfig(data=data, out=out, preset="tiny", max_steps=6, batch_size=8, progress=False,
+                                  montage_every=0, widths=(8, 16))
+    summary = training.train(config)
+    assert summary["step"] == 6 and summary["config"]["widths"] == [8, 16]
+    assert atomic.read_json(os.path.join(out, "summary.json"))["step"] == 6
+    assert atomic.read_json(os.path.join(out, "config.json"))["training"]["batch_size"] == 8
+    with pytest.raises(CadlError, match="--batch-size must be positive, not 0"):
+        training.TrainConfig(data=data, out=out, batch_size=0)
+    with pytest.raises(CadlError, match="lr_schedule must be one of"):
+        training.TrainConfig(data=data, out=out, lr_schedule="step")

@@ -1,0 +1,570 @@
+"""The training loop of the film VAE: tf.data in, model out, in one resumable run folder.
+
+``Trainer(config)`` holds the model, the data streams, the checkpoints and the writers of one run folder;
+``fit()`` trains until the first budget is reached (steps, epochs, seconds) or a signal arrives, then
+validates, draws the montages and exports. ``pipelines.training.train`` is the function that calls it.
+
+Checkpoints (``RUN/checkpoints``, tf.train.CheckpointManager): weights, optimizer state (with the step), the
+sampling noise generators and, when small enough, the input pipeline's position, so that a resumed run sees
+the batches an uninterrupted one would. Written to temporary files, the pointer switched atomically.
+"""
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+
+from pipelines import atomic, tfdata
+from pipelines import manifest as mf
+from pipelines.errors import CadlError
+
+log = logging.getLogger("cadl.train")
+
+MODEL_FLAGS = ("arch", "widths", "blocks", "latent", "latent_channels", "hidden", "norm", "activation", "dropout",
+               "loss", "beta", "beta_warmup")
+PRESETS = ("default", "tiny", "course")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+EXACT_RESUME_BYTES = 128 * 2**20  # exact_resume "auto": save the data position when it is at most this big
+HISTORY_MAX = 500  # loss points kept in summary.json
+MONTAGE_IMAGES = 16  # the fixed validation batch shown in recon montages (two rows of originals/reconstructions)
+LATENT_SAMPLES = 36  # z ~ N(0, I) decoded in latent montages (6 x 6)
+
+
+def model_config(config, manifest, stored=None, base=None):
+    """The model config: the stored one on resume (explicit conflicting flags are an error), else preset+flags;
+    ``base`` (a warm start's config) stands in for the default preset when no model flag is given."""
+    from models import vae
+
+    shape = tfdata.image_shape(manifest)
+    explicit = {k: list(v) if isinstance(v, tuple) else v for k in MODEL_FLAGS
+                if (v := getattr(config, k)) is not None}
+    if stored is not None:
+        conflicts = {k: v for k, v in explicit.items() if stored.get(k) != v}
+        if conflicts:
+            raise CadlError(f"{os.path.join(config.out, 'config.json')}: run was built with "
+                            + ", ".join(f"{k}={stored.get(k)!r}" for k in conflicts)
+                            + f"; it cannot resume with {conflicts}; use a new --out folder")
+        return vae.make_config(vae.upgrade_config(stored))
+    preset = {"default": {}, "tiny": vae.TINY, "course": vae.COURSE}[config.preset]
+    if base is not None and config.preset == "default" and not explicit:
+        preset = {k: v for k, v in base.items() if k not in ("image_size", "channels", "fit", "seed")}
+    model = dict(preset)
+    if "latent" in explicit and "latent_channels" not in explicit:
+        model["latent_channels"] = 0  # --latent N alone asks for a dense code of N numbers
+    model.update(explicit)
+    model.update(image_size=[shape[0], shape[1]], channels=shape[2], seed=config.seed,
+                  fit=(manifest.get("image") or {}).get("fit", "crop"))
+    try:
+        return vae.make_config(model)
+    except ValueError as e:
+        raise CadlError(f"{config.data}: {e}") from None
+
+
+def check_compatible(config, manifest, where, data_dir):
+    shape = tfdata.image_shape(manifest)
+    want = (config["image_size"][0], config["image_size"][1], config["channels"])
+    if tuple(want) != tuple(shape):
+        raise CadlError(f"{where}: model is for {want[0]}x{want[1]}x{want[2]} images but {data_dir} holds "
+                        f"{shape[0]}x{shape[1]}x{shape[2]}; use a new --out folder or matching data")
+
+
+def pick_strategy(kind):
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+class Stopper:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints and leaves at the next step boundary."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: leave now
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def tb_scalar(name, value, step):
+    """A TensorBoard scalar, written with TensorFlow's own op (the ``tensorboard`` package is not needed)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    meta = summary_pb2.SummaryMetadata()
+    meta.plugin_data.plugin_name = "scalars"
+    tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=meta)
+
+
+def tb_image(name, image, step):
+    """A TensorBoard image summary (the images plugin's [width, height, png] string tensor)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    meta = summary_pb2.SummaryMetadata()
+    meta.plugin_data.plugin_name = "images"
+    meta.plugin_data.content = b""
+    png = tf.io.encode_png(image).numpy()
+    tensor = tf.constant([str(image.shape[1]).encode(), str(image.shape[0]).encode(), png])
+    tf.summary.write(name, tensor, step=step, metadata=meta)
+
+
+def lr_factor(schedule, fraction):
+    """The multiplier of --lr once ``fraction`` (0..1) of the training budget is spent."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * fraction))
+    if schedule == "linear":
+        return 1.0 - fraction
+    return 1.0
+
+
+def _first_line(e):
+    text = str(getattr(e, "message", "") or e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+class Trainer:
+    """Holds the model, data, checkpoints and writers of one run folder; ``fit()`` trains."""
+
+    def __init__(self, config):
+        import keras
+        import tensorflow as tf
+
+        from models import vae
+
+        self.args, self.tf, self.keras = config, tf, keras
+        args = config
+        self.t0 = time.time()
+        # The strategy first: the multi-worker one must exist before any other TensorFlow work.
+        self.strategy = pick_strategy(args.strategy)
+        self.out = os.path.abspath(args.out)
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if args.strategy == "multiworker" and resolver is not None and resolver.task_id not in (0, None):
+            # Every worker saves (collective ops need all of them), but only the chief writes RUN itself.
+            self.out = os.path.join(self.out, "workers", str(resolver.task_id))
+        self.manifest = tfdata.load_manifest(args.data)
+        self.train_files = tfdata.split_files(args.data, self.manifest, "train")
+        self.train_count = mf.split_count(self.manifest, "train")
+        self.val_split = "validation" if mf.split_count(self.manifest, "validation") else (
+            "test" if mf.split_count(self.manifest, "test") else "train")
+        self.val_files = tfdata.split_files(args.data, self.manifest, self.val_split)
+        self.skipped = []  # [{"file", "reason"}] shards left out under --skip-corrupt
+
+        config_path = os.path.join(self.out, "config.json")
+        self.ckpt_dir = os.path.join(self.out, "checkpoints")
+        stored = None
+        if os.path.exists(config_path):
+            try:
+                stored = atomic.read_json(config_path)["model"]
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                raise CadlError(f"{config_path}: unreadable run config ({_first_line(e)})") from None
+            if not isinstance(stored, dict) or not isinstance(stored.get("image_size"), list):
+                raise CadlError(f"{config_path}: \"model\" is not a model configuration (an object with "
+                                "image_size, ...); use a new --out folder")
+            check_compatible(stored, self.manifest, config_path, args.data)
+        elif os.path.isdir(self.out) and os.listdir(self.out):
+            if os.path.exists(self.ckpt_dir):
+                raise CadlError(f"{self.out}: has checkpoints but no config.json; use a new --out folder")
+        source = None
+        if stored is None and args.init_from:  # a new run's warm start keeps the network it starts from
+            from pipelines import export
+            source = export.load_model(args.init_from)
+        self.config = model_config(args, self.manifest, stored, source.config if source is not None else None)
+
+        keras.utils.set_random_seed(args.seed)
+        keras.mixed_precision.set_global_policy(args.precision)
+        self.replicas = self.strategy.num_replicas_in_sync
+        if args.batch_size % self.replicas:
+            raise CadlError(f"--batch-size {args.batch_size} must divide by the {self.replicas} replicas")
+        with self.strategy.scope():
+            self.model = vae.VAE(self.config, name="vae").build_all()
+            self.model.compile(optimizer=keras.optimizers.Adam(args.lr), jit_compile=bool(args.jit),
+                               steps_per_execution=args.steps_per_execution)
+            self.optimizer = self.model.optimizer
+            self.optimizer.build(self.model.trainable_variables)
+        # The data stream: its position is part of the checkpoint when small enough (exact resume).
+        self.exact = self._exact_resume()
+        latest = tf.train.latest_checkpoint(self.ckpt_dir)
+        self.iterator = self.train_stream(resume_step=None)
+        self._make_manager()
+        self.resumed_from = None
+        if latest:
+            has_data = any(name.startswith("data/") for name, _ in tf.train.list_variables(latest))
+            objects = self._objects()
+            if has_data and self.exact and self.iterator_checkpointable:
+                objects["data"] = self.iterator
+            try:
+                try:
+                    tf.train.Checkpoint(**objects).restore(latest).assert_existing_objects_matched().expect_partial()
+                except (tf.errors.OpError, AssertionError, ValueError):
+                    if "data" not in objects:
+                        raise
+                    # The input pipeline changed shape (other batch size, files...): restore all but its position.
+                    del objects["data"]
+                    tf.train.Checkpoint(**objects).restore(latest).assert_existing_objects_matched().expect_partial()
+            except (tf.errors.OpError, AssertionError, ValueError) as e:
+                raise CadlError(f"{latest}: cannot restore ({_first_line(e)})") from None
+            self.resumed_from = self.step
+            if "data" not in objects:  # the position in the data was not saved: a fresh order for this step
+                self.iterator = self.train_stream(resume_step=self.step)
+                self._make_manager()
+            log.info("resumed from step %d", self.step)
+        elif args.init_from:
+            self._warm_start(args.init_from, source)
+        atomic.write_json(config_path, {
+            "model": self.config, "image_size": self.config["image_size"], "channels": self.config["channels"],
+            "fit": self.config["fit"], "data": os.path.abspath(args.data) if "://" not in args.data else args.data,
+            "training": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("data", "out") + MODEL_FLAGS},
+        })
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    def _warm_start(self, path, source=None):
+        """Start from the weights of the model at ``path`` (``source``: that model, when already loaded)."""
+        from pipelines import export
+
+        if source is None:
+            source = export.load_model(path)
+        check_compatible(source.config, self.manifest, path, self.args.data)
+        arch = ("arch", "widths", "blocks", "latent", "latent_channels", "hidden", "norm")
+        if any(source.config[k] != self.config[k] for k in arch):
+            # Warm start is only meaningful for the same network (without model flags the run adopted it).
+            raise CadlError(f"{path}: model architecture {[source.config[k] for k in arch]} differs from "
+                            f"this run's {[self.config[k] for k in arch]}; drop the conflicting model flags")
+        self.model.set_weights(source.get_weights())
+        log.info("warm start from %s", path)
+
+    # -- data --
+
+    def _exact_resume(self):
+        """Save the input pipeline's position (cache + shuffle buffer) in checkpoints when that stays small."""
+        if self.args.exact_resume != "auto":
+            return self.args.exact_resume == "yes"
+        h, w, c = tfdata.image_shape(self.manifest)
+        buffer = min(self.args.shuffle_buffer or tfdata.SHUFFLE_BYTES // (h * w * c), self.train_count)
+        cached = self.args.cache == "yes" or (self.args.cache == "auto" and
+                                              self.train_count * h * w * c <= tfdata.CACHE_AUTO_BYTES)
+        state = (buffer + (self.train_count if cached else 0)) * h * w * c
+        return state <= EXACT_RESUME_BYTES
+
+    def _objects(self):
+        """What a checkpoint holds: weights, optimizer (with the step), the noise generators' states."""
+        rng = self.tf.Module()
+        # Keras' SeedGenerator states (sampling noise, dropout) are not checkpoint children of their layers.
+        rng.states = [sg.state for layer in self.model._flatten_layers() for sg in layer._seed_generators]
+        return {"model": self.model, "optimizer": self.optimizer, "rng": rng}
+
+    def _make_manager(self):
+        objects = self._objects()
+        if self.exact and self.iterator_checkpointable:
+            objects["data"] = self.iterator
+        self.checkpoint = self.tf.train.Checkpoint(**objects)
+        self.manager = self.tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=self.args.keep)
+
+    def train_stream(self, resume_step=None):
+        """An iterator over training batches. ``resume_step``: the position was not restored, so draw a
+        fresh order seeded by the step (reproducible, though not the uninterrupted run's order)."""
+        seed = self.args.seed if resume_step is None else self.args.seed * 1000003 + resume_step
+        prefetch = None
+        if self.replicas == 1 and self.tf.config.list_logical_devices("GPU"):
+            prefetch = "/gpu:0"
+        # Distributed iterators and device prefetch cannot be saved: those runs resume with a fresh order.
+        self.iterator_checkpointable = self.replicas == 1 and prefetch is None
+        files = [f for f in self.train_files if f not in {s["file"] for s in self.skipped}]
+        ds = tfdata.make_dataset(self.args.data, "train", self.args.batch_size, manifest=self.manifest,
+                                  files=files, training=True, augment=self.args.augment,
+                                  cache={"auto": "auto", "yes": True, "no": False}[self.args.cache],
+                                  shuffle_buffer=self.args.shuffle_buffer, deterministic=self.args.deterministic,
+                                  seed=seed, prefetch_device=prefetch)
+        if self.replicas > 1:
+            return iter(self.strategy.experimental_distribute_dataset(ds))
+        return iter(ds)
+
+    def val_dataset(self):
+        files = [f for f in self.val_files if f not in {s["file"] for s in self.skipped}]
+        ds = tfdata.make_dataset(self.args.data, self.val_split, self.args.batch_size, manifest=self.manifest,
+                                  files=files, training=False)
+        return ds.take(self.args.validation_batches)
+
+    def data_error(self, error, files):
+        """A pipeline op failed: find the corrupt shard; skip it (--skip-corrupt) or stop naming it."""
+        bad = tfdata.find_corrupt([f for f in files if f not in {s["file"] for s in self.skipped}],
+                                   self.manifest)
+        if not bad:
+            raise error
+        if not self.args.skip_corrupt:
+            path, reason = bad[0]
+            raise CadlError(f"{path}: corrupt shard ({reason}); rerun with --skip-corrupt to skip it")
+        for path, reason in bad:
+            log.warning("skipping corrupt shard %s (%s)", path, reason)
+            self.skipped.append({"file": path, "reason": reason})
+        if not [f for f in self.train_files if f not in {s["file"] for s in self.skipped}]:
+            raise CadlError(f"{self.args.data}: every training shard is corrupt")
+
+    # -- evaluation and pictures --
+
+    def validate(self):
+        while True:
+            try:
+                with warnings.catch_warnings():  # Keras warns that a finite dataset "ran out": it is meant to
+                    warnings.simplefilter("ignore", UserWarning)
+                    results = self.model.evaluate(self.val_dataset(), verbose=0, return_dict=True)
+                return {k: float(v) for k, v in results.items()}
+            except (self.tf.errors.DataLossError, self.tf.errors.InvalidArgumentError) as e:
+                self.data_error(e, self.val_files)
+
+    def fixed_batches(self):
+        import numpy as np
+
+        files = [f for f in self.val_files if f not in {s["file"] for s in self.skipped}]
+        images = tfdata.load_images(self.args.data, self.val_split, MONTAGE_IMAGES, self.manifest, files)
+        rng = np.random.default_rng(self.args.seed)
+        z = rng.standard_normal((LATENT_SAMPLES, self.config["latent"])).astype(np.float32)
+        return images, z
+
+    def montages(self, images, z, writers):
+        """Write recon-STEP.png and latent-STEP.png, log them to TensorBoard, rebuild the GIF."""
+        import numpy as np
+
+        from pipelines import visual
+
+        folder = os.path.join(self.out, "montages")
+        step = self.step
+        recon = self.model(images, training=False).numpy() if len(images) else images
+        n = len(images)
+        cols = max(1, min(8, n))
+        rows = []
+        for i in range(0, n, cols):  # originals row over their reconstructions row
+            rows += [visual.to_uint8(images[i:i + cols]), visual.to_uint8(recon[i:i + cols])]
+        picture = visual.montage(np.concatenate(rows), cols=cols) if n else None
+        samples = visual.montage(self.model.decoder(z, training=False).numpy())
+        if picture is not None:
+            visual.write_png(os.path.join(folder, f"recon-{step:07d}.png"), picture)
+        visual.write_png(os.path.join(folder, f"latent-{step:07d}.png"), samples)
+        with writers["validation"].as_default():
+            if picture is not None:
+                tb_image("reconstructions", picture, step)
+            tb_image("latent_samples", samples, step)
+        self.write_gif()
+
+    def write_gif(self):
+        from pipelines import visual
+
+        folder = os.path.join(self.out, "montages")
+        frames = sorted(f for f in os.listdir(folder) if f.startswith("recon-") and f.endswith(".png"))
+        if len(frames) > 200:  # keep the GIF light: an even subsample, always with the last frame
+            frames = [frames[round(i * (len(frames) - 1) / 199)] for i in range(200)]
+        if frames:
+            import imageio.v2 as imageio
+            visual.write_gif(os.path.join(folder, "reconstructions.gif"),
+                             [imageio.imread(os.path.join(folder, f)) for f in frames], fps=4)
+
+    # -- export --
+
+    def export(self):
+        """export/model.keras and export/saved_model/, each appearing complete."""
+        from pipelines import export
+
+        return export.export(self.model, os.path.join(self.out, "export"), export.vae_endpoints(self.model))
+
+    def _previous_history(self):
+        """The loss history of earlier invocations of this run (a resumed run continues the curve)."""
+        if self.resumed_from is None:
+            return []
+        try:
+            previous = atomic.read_json(os.path.join(self.out, "summary.json")).get("history", [])
+        except (OSError, ValueError):
+            return []
+        return [h for h in previous if isinstance(h, dict) and h.get("step", 1e18) <= self.step]
+
+    def _export_is_current(self):
+        try:
+            previous = atomic.read_json(os.path.join(self.out, "summary.json"))
+        except (OSError, ValueError):
+            return False
+        return (previous.get("step") == self.step and bool(previous.get("export"))
+                and os.path.exists(os.path.join(self.out, "export", "model.keras"))
+                and os.path.exists(os.path.join(self.out, "export", "saved_model", "saved_model.pb")))
+
+    def save_checkpoint(self):
+        """Save unless the weights went non-finite (then stop: the previous checkpoint stays the last good one)."""
+        tf = self.tf
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables])
+        if not bool(finite):
+            raise CadlError(f"{self.out}: weights became non-finite by step {self.step}; stopped (last good "
+                            f"checkpoint: {self.manager.latest_checkpoint or 'none'}); try a lower --lr")
+        return self.manager.save(checkpoint_number=self.step)
+
+    # -- the loop --
+
+    def fit(self):
+        import numpy as np
+        from tqdm import tqdm
+
+        tf, args = self.tf, self.args
+        target = args.max_steps
+        if args.epochs is not None:
+            epoch_steps = math.ceil(args.epochs * self.train_count / args.batch_size)
+            target = epoch_steps if target is None else min(target, epoch_steps)
+        if target is None and args.max_seconds is None:
+            target = math.ceil(10 * self.train_count / args.batch_size)
+        writers = {name: tf.summary.create_file_writer(os.path.join(self.out, "logs", name))
+                   for name in ("train", "validation")}
+        images, z = self.fixed_batches()
+        start_step, start_time = self.step, time.time()
+        train_seconds, train_steps = 0.0, 0
+        history, train_logs, stop_reason = self._previous_history(), {}, None
+        last_ckpt_step, last_ckpt_time = self.step, time.time()
+        window_seconds, window_steps = 0.0, 0
+        if self.step == 0:
+            self.montages(images, z, writers)
+        it = self.iterator
+        self.model.make_train_function()
+        # No bar when asked, or when stderr is not a terminal (cron, CI, a log file): a log line per validation.
+        bar = tqdm(total=target, initial=self.step, unit="step", disable=None if args.progress else True,
+                   dynamic_ncols=True, desc="train", file=sys.stderr)
+        with Stopper() as stopper:
+            while True:
+                if target is not None and self.step >= target:
+                    stop_reason = "max_steps" if args.epochs is None or target == args.max_steps else "epochs"
+                    break
+                if args.max_seconds is not None and time.time() - start_time >= args.max_seconds:
+                    stop_reason = "max_seconds"
+                    break
+                if stopper.signal:
+                    stop_reason = "interrupted"
+                    break
+                if args.lr_schedule != "constant":
+                    fraction = max(self.step / target if target else 0.0,
+                                   (time.time() - start_time) / args.max_seconds if args.max_seconds else 0.0)
+                    self.optimizer.learning_rate.assign(args.lr * lr_factor(args.lr_schedule, fraction))
+                t = time.time()
+                try:
+                    logs = self.model.train_function(it)
+                except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+                    self.data_error(e, self.train_files)
+                    it = self.iterator = self.train_stream(resume_step=self.step)
+                    self._make_manager()
+                    continue
+                loss = float(logs["loss"])
+                dt = time.time() - t
+                done = self.step - start_step - train_steps
+                train_seconds, train_steps = train_seconds + dt, train_steps + done
+                window_steps += done
+                window_seconds += dt
+                bar.update(done)
+                if not math.isfinite(loss):
+                    bar.close()
+                    good = self.manager.latest_checkpoint
+                    raise CadlError(f"{self.out}: loss became {loss} at step {self.step}; stopped "
+                                    f"(last good checkpoint: {good or 'none'}); try a lower --lr or --precision "
+                                    "float32")
+                step = self.step
+                if step % args.log_every < done or window_steps >= args.log_every:
+                    rate = window_steps * args.batch_size / max(window_seconds, 1e-9)  # training time only
+                    train_logs = {k: float(v) for k, v in logs.items()}
+                    history.append({"step": step, **train_logs})
+                    if len(history) > HISTORY_MAX:  # keep summary.json small on long runs: every other point
+                        history = history[:1] + history[2::2]
+                    bar.set_postfix(loss=f"{loss:.1f}", psnr=f"{train_logs['psnr']:.1f}", img_s=f"{rate:.0f}")
+                    with writers["train"].as_default():
+                        for k, v in train_logs.items():
+                            tb_scalar(k, v, step)
+                        tb_scalar("learning_rate", float(np.asarray(self.optimizer.learning_rate)), step)
+                        tb_scalar("images_per_s", rate, step)
+                    self.model.reset_metrics()  # train figures are means over the last window
+                    window_seconds, window_steps = 0.0, 0
+                if args.validate_every and step % args.validate_every < done:
+                    val = self._validate_and_log(writers)
+                    if bar.disable:
+                        log.info("step %d%s: train loss %.2f, PSNR %.2f dB; validation loss %.2f, PSNR %.2f dB; "
+                                 "%.0f images/s", step, f"/{target}" if target else "",
+                                 train_logs.get("loss", loss), train_logs.get("psnr", float("nan")),
+                                 val.get("loss", float("nan")), val.get("psnr", float("nan")),
+                                 train_steps * args.batch_size / max(train_seconds, 1e-9))
+                if args.montage_every and step % args.montage_every < done:
+                    self.montages(images, z, writers)
+                if (step - last_ckpt_step >= args.checkpoint_every
+                        or time.time() - last_ckpt_time >= args.checkpoint_seconds):
+                    self.save_checkpoint()
+                    last_ckpt_step, last_ckpt_time = step, time.time()
+        bar.close()
+        if not train_logs and train_steps:
+            train_logs = {k: float(v.result()) for k, v in zip([m.name for m in self.model.metrics],
+                                                               self.model.metrics)}
+        if self.step != last_ckpt_step or not self.manager.latest_checkpoint:
+            self.save_checkpoint()
+        if stop_reason == "interrupted":
+            log.info("%s at step %d: checkpoint saved; rerun the same command to resume", stopper.signal, self.step)
+            self._write_summary(stop_reason, train_logs, {}, history, start_step, train_steps, train_seconds)
+            raise KeyboardInterrupt
+        val = self._validate_and_log(writers)
+        if train_steps == 0 and self._export_is_current():
+            export = os.path.join(self.out, "export")  # a rerun after the target: nothing new to write
+        else:
+            self.montages(images, z, writers)
+            export = self.export()
+        for w in writers.values():
+            w.flush()
+        return self._write_summary(stop_reason, train_logs, val, history, start_step, train_steps,
+                                   train_seconds, export)
+
+    def _validate_and_log(self, writers):
+        val = self.validate()
+        with writers["validation"].as_default():
+            for k, v in val.items():
+                tb_scalar(k, v, self.step)
+        return val
+
+    def _write_summary(self, stop_reason, train_logs, val, history, start_step, train_steps, train_seconds,
+                       export=None):
+        summary = {
+            "step": self.step,
+            "epochs": self.step * self.args.batch_size / max(self.train_count, 1),
+            "resumed_from": self.resumed_from,
+            "steps_this_run": train_steps,
+            "stopped": stop_reason,
+            "train": train_logs,
+            "validation": val,
+            "validation_split": self.val_split,
+            "validation_psnr": val.get("psnr"),
+            "images_per_s": train_steps * self.args.batch_size / train_seconds if train_seconds else None,
+            "wall_time_s": time.time() - self.t0,
+            "history": history,
+            "skipped_shards": self.skipped,
+            "checkpoint": self.manager.latest_checkpoint,
+            "export": export,
+            "montages": os.path.join(self.out, "montages"),
+            "gif": os.path.join(self.out, "montages", "reconstructions.gif"),
+            "precision": self.args.precision,
+            "replicas": self.replicas,
+            "batch_size": self.args.batch_size,
+            "train_count": self.train_count,
+            "config": self.config,
+        }
+        atomic.write_json(os.path.join(self.out, "summary.json"), summary)
+        return summary
