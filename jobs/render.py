@@ -40,12 +40,12 @@ import tempfile
 import threading
 import time
 
-import cv2
 import numpy as np
 
 import jobs
 from pipelines import atomic, geometry, media, owned, video_out
 from pipelines.errors import CadlError
+from pipelines.geometry import Layout, compose, from_model, make_layout  # noqa: F401 - the layout lives in geometry now
 from pipelines.lock import LOCK_NAME, folder_lock
 
 log = logging.getLogger("cadl.render")
@@ -113,117 +113,6 @@ def build_parser():
                         "FlinkRunner, ...); further Beam options follow, e.g. --direct_num_workers 2 "
                         "--direct_running_mode multi_processing (default: local streaming, no Beam)")
     return p
-
-
-# ---- the geometry of an output frame ----
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Sizes (H, W) along a frame's path and how the model's picture maps back onto the output."""
-    source: tuple        # the film's stored frame size
-    model: tuple         # the model's input size
-    fit: str             # how frames were fitted to the model (from the model's config)
-    picture: tuple       # the film's picture scaled to the output, undistorted
-    canvas: tuple        # one output panel: the picture centred (letterboxed or cropped by a pixel)
-    region: tuple        # crop fit: (top, left, bottom, right) of the picture the model sees
-    inner: tuple         # pad fit: (top, left, bottom, right) of the model picture that is not padding
-    side_by_side: bool = False
-    blend: float = None  # weight of the reconstruction, None = 1
-
-    @property
-    def frame_size(self):
-        h, w = self.canvas
-        return (h, 2 * w) if self.side_by_side else (h, w)
-
-    @property
-    def needs_source(self):
-        """Whether output frames show the original (blend, side by side), so it must travel with them."""
-        return self.blend is not None or self.side_by_side
-
-
-def make_layout(info, model_config, fmt, output_size=None, scale=None, side_by_side=False, blend=None):
-    source = (info.height, info.width)
-    model = tuple(int(v) for v in model_config["image_size"])
-    fit = model_config.get("fit", "crop")
-    h0, w0 = source
-    if output_size is not None:
-        box = tuple(output_size)
-        s = min(box[0] / h0, box[1] / w0)
-        picture = (min(box[0], max(1, round(h0 * s))), min(box[1], max(1, round(w0 * s))))
-    else:
-        f = 1.0 if scale is None else scale
-        picture = box = (max(1, round(h0 * f)), max(1, round(w0 * f)))
-    canvas = geometry.even_size(box) if fmt.even_sides else box
-    th, tw = model
-    region = inner = None
-    if fit == "crop":
-        s = max(th / h0, tw / w0)
-        sh, sw = max(th, round(h0 * s)), max(tw, round(w0 * s))
-        y, x = (sh - th) // 2, (sw - tw) // 2
-        fy, fx = picture[0] / sh, picture[1] / sw
-        region = (round(y * fy), round(x * fx), round((y + th) * fy), round((x + tw) * fx))
-    elif fit == "pad":
-        s = min(th / h0, tw / w0)
-        sh, sw = min(th, max(1, round(h0 * s))), min(tw, max(1, round(w0 * s)))
-        y, x = (th - sh) // 2, (tw - sw) // 2
-        inner = (y, x, y + sh, x + sw)
-    elif fit != "stretch":
-        raise CadlError(f"model config: unknown fit {fit!r}")
-    return Layout(source=source, model=model, fit=fit, picture=picture, canvas=canvas, region=region,
-                  inner=inner, side_by_side=side_by_side, blend=blend)
-
-
-def _resize(image, size):
-    return geometry.fit_image(image, size, "stretch")
-
-
-def from_model(recon, layout):
-    """The model's output -> the picture at the output size, in the source picture's geometry."""
-    if layout.fit == "stretch":
-        return _resize(recon, layout.picture)
-    if layout.fit == "pad":
-        t, l, b, r = layout.inner
-        return _resize(recon[t:b, l:r], layout.picture)
-    t, l, b, r = layout.region
-    if (t, l, b, r) == (0, 0) + layout.picture:
-        return _resize(recon, layout.picture)
-    out = np.zeros(layout.picture + recon.shape[2:], np.uint8)  # what the model never saw stays black
-    out[t:b, l:r] = _resize(recon, (b - t, r - l))
-    return out
-
-
-def _place(picture, canvas):
-    """Centre ``picture`` on a black ``canvas`` (H, W), cutting what overhangs (an odd pixel)."""
-    if picture.shape[:2] == tuple(canvas):
-        return picture
-    out = np.zeros(tuple(canvas) + picture.shape[2:], np.uint8)
-    src, dst = [], []
-    for p, c in zip(picture.shape[:2], canvas):
-        if p >= c:
-            o = (p - c) // 2
-            src.append(slice(o, o + c))
-            dst.append(slice(0, c))
-        else:
-            o = (c - p) // 2
-            src.append(slice(0, p))
-            dst.append(slice(o, o + p))
-    out[dst[0], dst[1]] = picture[src[0], src[1]]
-    return out
-
-
-def compose(frame, recon, layout):
-    """One output frame from the model's reconstruction and the source frame (used only when
-    ``layout.needs_source``; may be None otherwise)."""
-    picture = from_model(recon, layout)
-    original = None
-    if layout.blend is not None or layout.side_by_side:
-        original = frame if frame.shape[:2] == layout.picture else _resize(frame, layout.picture)
-    if layout.blend is not None:
-        picture = cv2.addWeighted(picture, layout.blend, original, 1.0 - layout.blend, 0.0)
-    out = _place(picture, layout.canvas)
-    if layout.side_by_side:
-        out = np.concatenate([_place(original, layout.canvas), out], axis=1)
-    return np.ascontiguousarray(out)
 
 
 # ---- smoothing the latent trajectory ----
