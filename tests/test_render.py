@@ -11,7 +11,7 @@ import pytest
 
 import jobs
 from jobs import render
-from pipelines import atomic, geometry, media, video_out
+from pipelines import atomic, geometry, media, render_engine, video_out
 from pipelines.errors import CadlError
 from pipelines.synthetic import make_film
 from test_locks import holder  # noqa: F401 - a fixture: another live process holding a folder's lock
@@ -77,8 +77,8 @@ def test_fit_then_unfit_gives_back_the_picture_undistorted(fit):
     frame = cv2_smooth(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8))
     fmt = video_out.output_format("x.mp4")
     info = media.VideoInfo("x", 160, 90, None, (0,), None, False, 0.0, "h264", None, 0, 0)
-    layout = render.make_layout(info, {"image_size": [32, 32], "fit": fit}, fmt)
-    back = render.from_model(geometry.fit_image(frame, layout.model, layout.fit), layout)
+    layout = geometry.make_layout(info, {"image_size": [32, 32], "fit": fit}, fmt)
+    back = geometry.from_model(geometry.fit_image(frame, layout.model, layout.fit), layout)
     assert back.shape == frame.shape
     if fit == "crop":
         t, l, b, r = layout.region
@@ -98,18 +98,18 @@ def test_layout_sizes_are_even_and_undistorted():
     fmt = video_out.output_format("x.mp4")
     info = media.VideoInfo("x", 81, 45, None, (0,), None, False, 0.0, "h264", None, 0, 0)
     cfg = {"image_size": [16, 16], "fit": "crop"}
-    assert render.make_layout(info, cfg, fmt).frame_size == (44, 80)
-    assert render.make_layout(info, cfg, fmt, side_by_side=True).frame_size == (44, 160)
-    assert render.make_layout(info, cfg, fmt, scale=2).frame_size == (90, 162)
-    boxed = render.make_layout(info, cfg, fmt, output_size=(100, 100))
+    assert geometry.make_layout(info, cfg, fmt).frame_size == (44, 80)
+    assert geometry.make_layout(info, cfg, fmt, side_by_side=True).frame_size == (44, 160)
+    assert geometry.make_layout(info, cfg, fmt, scale=2).frame_size == (90, 162)
+    boxed = geometry.make_layout(info, cfg, fmt, output_size=(100, 100))
     assert boxed.frame_size == (100, 100) and boxed.picture == (56, 100)  # letterboxed, aspect kept
     png = video_out.output_format("frames")
-    assert render.make_layout(info, cfg, png).frame_size == (45, 81)  # PNG takes odd sides
+    assert geometry.make_layout(info, cfg, png).frame_size == (45, 81)  # PNG takes odd sides
 
 
 def test_latent_smoother_is_a_centred_mean_clipped_at_the_ends():
     zs = {i: np.array([float(i * i)]) for i in range(10)}
-    s = render.LatentSmoother(radius=2, emit_start=3, emit_stop=10, last_index=9)
+    s = render_engine.LatentSmoother(radius=2, emit_start=3, emit_stop=10, last_index=9)
     out = []
     for i in range(1, 10):  # frames 1, 2 are context for frame 3
         out += s.push(i, zs[i], f"frame{i}")
@@ -135,10 +135,10 @@ def test_mp4_same_frames_rate_duration_audio_and_content(tiny_run, model, short_
     assert saved["frames"] == 75 and set(saved["seconds"]) >= {"decode", "infer", "encode", "join", "total"}
     assert not os.path.exists(str(out) + ".parts")
     # Each output frame is the model's reconstruction put back in place (up to H.264 at crf 12).
-    layout = render.make_layout(src, model.config, video_out.output_format(out))
+    layout = geometry.make_layout(src, model.config, video_out.output_format(out))
     inputs = _model_inputs(short_film, layout)
     for i in (0, 40, 74):
-        want = render.compose(None, model.reconstruct(inputs[i][None])[0], layout)
+        want = geometry.compose(None, model.reconstruct(inputs[i][None])[0], layout)
         assert _psnr(_frames_at(out, i), want) > 33
 
 
@@ -211,12 +211,12 @@ def test_png_sequence_smoothing_matches_a_direct_computation(tiny_run, model, sh
     names = sorted(n for n in os.listdir(out) if n.endswith(".png"))
     assert len(names) == 75 and os.path.exists(out / "audio.mka") and os.path.exists(out / "timestamps.txt")
     src = media.probe(short_film)
-    layout = render.make_layout(src, model.config, video_out.output_format(out))
+    layout = geometry.make_layout(src, model.config, video_out.output_format(out))
     z = model.encode(np.stack(_model_inputs(short_film, layout)))
     from PIL import Image
     for i in (0, 9, 10, 11, 37, 74):  # 10 starts a segment: its window reaches into the previous one
         mean = z[max(0, i - 2):i + 3].mean(axis=0)
-        want = render.compose(None, model.decode(mean[None])[0], layout)
+        want = geometry.compose(None, model.decode(mean[None])[0], layout)
         got = np.asarray(Image.open(out / names[i]).convert("RGB"))
         assert np.abs(got.astype(int) - want).max() <= 2, i
     plain = _render(tiny_run, short_film, tmp_path / "plain", "--segment-seconds", "0.4")
@@ -242,11 +242,11 @@ def test_the_model_is_fed_frames_fitted_as_extraction_fits_them(model, short_fil
     output shows the original next to the reconstruction."""
     info = media.probe(short_film)
     fmt = video_out.output_format(tmp_path / "o.mkv", codec="ffv1")
-    layout = render.make_layout(info, model.config, fmt, side_by_side=side_by_side)
-    plan = render.Plan(info=info, layout=layout, fmt=fmt, parts=str(tmp_path), segments=tuple(info.segments(1.0)),
-                       batch_size=16)
+    layout = geometry.make_layout(info, model.config, fmt, side_by_side=side_by_side)
+    plan = render_engine.SegmentPlan(info=info, layout=layout, fmt=fmt, parts=str(tmp_path),
+                                     segments=tuple(info.segments(1.0)), batch_size=16)
     spy = _Recording(model)
-    stats = render.render_segments(plan, spy, list(range(len(plan.segments))))
+    stats = render_engine.render_segments(plan, spy, list(range(len(plan.segments))))
     # Batches never span two segments: each segment of 25 frames is a batch of 16 and a padded one of 9.
     sizes = [min(16, e - i) for s, e in plan.segments for i in range(s, e, 16)]
     assert stats["frames"] == 75 and [len(b) for b in spy.inputs] == [16] * len(sizes)
