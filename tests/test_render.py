@@ -1,4 +1,5 @@
 """cadl render end to end with a really trained tiny VAE: exactness, options, resume, Beam, bad input."""
+import dataclasses
 import logging
 import os
 import signal
@@ -12,6 +13,8 @@ import pytest
 import jobs
 from jobs import render
 from pipelines import atomic, geometry, media, render_engine, video_out
+from pipelines import render as render_stage
+from pipelines.render import RenderConfig
 from pipelines.errors import CadlError
 from pipelines.synthetic import make_film
 from test_locks import holder  # noqa: F401 - a fixture: another live process holding a folder's lock
@@ -254,6 +257,66 @@ def test_the_model_is_fed_frames_fitted_as_extraction_fits_them(model, short_fil
     want = _model_inputs(short_film, layout)
     assert fed.shape == (75,) + layout.model + (3,) and len(want) == 75
     assert all(np.array_equal(a, b) for a, b in zip(fed, want))
+
+
+# ---- the library: render(RenderConfig) without a command line ----
+
+def test_render_from_python_with_a_config_and_no_command_line(tiny_run, tmp_path, monkeypatch):
+    """Another stage (a notebook, retrain, a worker) calls the function; no flags are parsed on the way."""
+    import argparse
+
+    def no_parser(*args, **kwargs):
+        raise AssertionError("render(RenderConfig) built an argument parser")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", no_parser)
+    film = make_film(tmp_path / "lib.mp4", "testsrc2", seconds=1.2, size=(96, 54), rate="25")
+    out = tmp_path / "out" / "lib.mkv"
+    config = RenderConfig(model=tiny_run, input=str(film), output=str(out), codec="ffv1", smooth=2,
+                          segment_seconds=0.5, batch_size=8, output_size=(60, 120), side_by_side=True)
+    summary = render_stage.render(config)
+    src, res = media.probe(film), media.probe(out)
+    assert res.num_frames == src.num_frames == summary["frames"] == 30
+    assert res.fps == src.fps and res.duration == pytest.approx(src.duration, abs=1e-6)
+    assert (res.width, res.height) == (summary["width"], summary["height"]) == (240, 60)
+    assert summary["segments"] == 3 and summary["options"]["smooth"] == 3  # rounded up to odd
+    assert res.audio_codec is not None and summary["audio_kept"]
+    assert atomic.read_json(str(out) + ".summary.json") == summary
+    assert not os.path.exists(str(out) + ".parts")
+    with pytest.raises(CadlError, match="--overwrite"):  # the same checks as the command's
+        render_stage.render(config)
+    silent = render_stage.render(dataclasses.replace(config, audio=False, overwrite=True))
+    assert silent["audio_kept"] is False and media.probe(out).audio_codec is None
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"blend": 1.5}, "--blend must be between 0 and 1"),
+    ({"smooth": 0}, "--smooth must be at least 1"),
+    ({"scale": 0}, "--scale must be positive"),
+    ({"batch_size": 0}, "--batch-size must be at least 1"),
+    ({"segment_seconds": 0}, "--segment-seconds must be positive"),
+    ({"output_size": (0, 10)}, "--output-size: size must look like HxW"),
+    ({"output_size": "72x128"}, "--output-size must be"),
+    ({"deinterlace": "yes"}, "deinterlace must be one of auto, off"),
+    ({"beam_args": ("--direct_num_workers", "2")}, "Beam options need a runner"),
+])
+def test_render_config_refuses_bad_knobs_in_one_line(knobs, message):
+    with pytest.raises(CadlError, match=message) as e:
+        RenderConfig(model="m", input="i.mp4", output="o.mp4", **knobs)
+    assert "\n" not in str(e.value)
+
+
+def test_render_config_is_frozen_and_defaults_are_the_commands():
+    config = RenderConfig(model="m", input="i.mp4", output="o.mp4")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.crf = 0
+    args, beam_args = render.build_parser().parse_known_args(["--model", "m", "--input", "i.mp4", "--output", "o.mp4"])
+    assert render.config_from_args(args, beam_args) == config
+    args, beam_args = render.build_parser().parse_known_args(
+        ["--model", "m", "--input", "i.mp4", "--output", "o.mp4", "--output-size", "72x128", "--no-audio",
+         "--keep-fields", "--runner", "DirectRunner", "--direct_num_workers", "2"])
+    assert render.config_from_args(args, beam_args) == dataclasses.replace(
+        config, output_size=(72, 128), audio=False, deinterlace="off", runner="DirectRunner",
+        beam_args=("--direct_num_workers", "2"))
 
 
 # ---- resume and parallel rendering ----
