@@ -37,6 +37,9 @@ CPU priority (inference faster, the encoder then the slower stage), single-threa
 collector (it runs for 2 ms of a render). The render's own CPU (7.6 s: 3.9 s Python and TensorFlow, 3.7 s
 ffmpeg) is about 1.5x (a)'s plus (b)'s.
 
+Start-up: importing Apache Beam delays a render's start by about a second, which is why
+``pipelines.render_engine`` imports it only when a ``--runner`` asks for Beam.
+
 Without ``--model`` a model of the default architecture at ``--size`` (64x64) is trained for a few steps
 on frames extracted from a 10 s film (its quality does not matter here, only its cost). The machine may be
 shared: run it when it is quiet, and compare figures from the same run only.

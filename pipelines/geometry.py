@@ -5,9 +5,16 @@ Sizes are always (height, width), written ``HxW`` on the command line (``64x64``
     crop     scale to cover, then centre-crop (nothing distorted, edges lost)   [default]
     pad      scale to fit inside, then pad with black (nothing lost)
     stretch  scale each side independently (distorts)
+
+``fit_box`` computes where the fitted picture lands; ``fit_image`` (stills) and ``make_layout`` (a render
+putting the model's picture back into the film's geometry, the inverse of the fit) both use it.
 """
+import dataclasses
+
 import cv2
 import numpy as np
+
+from pipelines.errors import CadlError
 
 FITS = ("crop", "pad", "stretch")
 
@@ -59,6 +66,30 @@ def center_crop_factor(image, factor):
     return image[y:y + ch, x:x + cw]
 
 
+def fit_box(source, size, fit="crop"):
+    """Where a ``source`` (h, w) picture lands when fitted to ``size`` (H, W): ``((sh, sw), (y, x))``.
+
+    The one computation of the fitted box, shared by ``fit_image`` (forward) and ``make_layout`` (the
+    render's inverse), so the two cannot drift apart:
+        crop     scaled to cover, (sh, sw) >= (H, W); (y, x) is the top left of the kept H x W window in it
+        pad      scaled to fit inside, (sh, sw) <= (H, W); (y, x) is where it sits on the black H x W frame
+        stretch  (H, W) at (0, 0)
+    """
+    th, tw = size
+    h, w = source
+    if fit == "stretch":
+        return (th, tw), (0, 0)
+    if fit == "crop":
+        scale = max(th / h, tw / w)
+        sh, sw = max(th, round(h * scale)), max(tw, round(w * scale))
+        return (sh, sw), ((sh - th) // 2, (sw - tw) // 2)
+    if fit == "pad":
+        scale = min(th / h, tw / w)
+        sh, sw = min(th, max(1, round(h * scale))), min(tw, max(1, round(w * scale)))
+        return (sh, sw), ((th - sh) // 2, (tw - sw) // 2)
+    raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+
+
 def fit_image(image, size, fit="crop"):
     """Fit an (h, w[, c]) uint8 image to ``size`` (H, W) with the same policy as ``ffmpeg_filter``.
 
@@ -70,23 +101,13 @@ def fit_image(image, size, fit="crop"):
     h, w = image.shape[:2]
     if (h, w) == (th, tw):
         return image
-    if fit == "stretch":
-        return _resize(image, th, tw)
-    if fit == "crop":
-        scale = max(th / h, tw / w)
-        sh, sw = max(th, round(h * scale)), max(tw, round(w * scale))
-        scaled = _resize(image, sh, sw)
-        y, x = (sh - th) // 2, (sw - tw) // 2
-        return scaled[y:y + th, x:x + tw]
+    (sh, sw), (y, x) = fit_box((h, w), size, fit)
+    scaled = _resize(image, sh, sw)
     if fit == "pad":
-        scale = min(th / h, tw / w)
-        sh, sw = min(th, max(1, round(h * scale))), min(tw, max(1, round(w * scale)))
-        scaled = _resize(image, sh, sw)
         out = np.zeros((th, tw) + image.shape[2:], image.dtype)
-        y, x = (th - sh) // 2, (tw - sw) // 2
         out[y:y + sh, x:x + sw] = scaled
         return out
-    raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    return scaled[y:y + th, x:x + tw]  # crop (stretch: the whole of it)
 
 
 def _resize(image, h, w):
@@ -100,3 +121,111 @@ def even_size(size):
     """Round (H, W) down to even sides, as H.264 with yuv420p requires."""
     h, w = size
     return (max(2, h - h % 2), max(2, w - w % 2))
+
+
+# ---- a render's output frame: the inverse of the fit ----
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Sizes (H, W) along a frame's path and how the model's picture maps back onto the output."""
+    source: tuple        # the film's stored frame size
+    model: tuple         # the model's input size
+    fit: str             # how frames were fitted to the model (from the model's config)
+    picture: tuple       # the film's picture scaled to the output, undistorted
+    canvas: tuple        # one output panel: the picture centred (letterboxed or cropped by a pixel)
+    region: tuple        # crop fit: (top, left, bottom, right) of the picture the model sees
+    inner: tuple         # pad fit: (top, left, bottom, right) of the model picture that is not padding
+    side_by_side: bool = False
+    blend: float = None  # weight of the reconstruction, None = 1
+
+    @property
+    def frame_size(self):
+        h, w = self.canvas
+        return (h, 2 * w) if self.side_by_side else (h, w)
+
+    @property
+    def needs_source(self):
+        """Whether output frames show the original (blend, side by side), so it must travel with them."""
+        return self.blend is not None or self.side_by_side
+
+
+def make_layout(info, model_config, fmt, output_size=None, scale=None, side_by_side=False, blend=None):
+    """The layout of a render of the film ``info`` (its ``height``, ``width``) through a model (its config's
+    ``image_size`` and ``fit``) into the format ``fmt`` (its ``even_sides``): ``output_size`` (H, W) boxes
+    the picture (letterboxed, never stretched), else ``scale`` (default 1) sizes it."""
+    source = (info.height, info.width)
+    model = tuple(int(v) for v in model_config["image_size"])
+    fit = model_config.get("fit", "crop")
+    if fit not in FITS:
+        raise CadlError(f"model config: unknown fit {fit!r}")
+    if output_size is not None:
+        box = tuple(output_size)
+        picture, _ = fit_box(source, box, "pad")  # the whole picture, undistorted, inside the box
+    else:
+        f = 1.0 if scale is None else scale
+        picture = box = (max(1, round(source[0] * f)), max(1, round(source[1] * f)))
+    canvas = even_size(box) if fmt.even_sides else box
+    # The inverse of the fit the model's frames had: the same box, seen from the output's side.
+    (sh, sw), (y, x) = fit_box(source, model, fit)
+    region = inner = None
+    if fit == "crop":  # the model saw its H x W window at (y, x) of the film scaled to (sh, sw): scale it back
+        th, tw = model
+        fy, fx = picture[0] / sh, picture[1] / sw
+        region = (round(y * fy), round(x * fx), round((y + th) * fy), round((x + tw) * fx))
+    elif fit == "pad":  # the film sits at (y, x) inside the model's picture, black around it
+        inner = (y, x, y + sh, x + sw)
+    return Layout(source=source, model=model, fit=fit, picture=picture, canvas=canvas, region=region,
+                  inner=inner, side_by_side=side_by_side, blend=blend)
+
+
+def _stretch(image, size):
+    return fit_image(image, size, "stretch")
+
+
+def from_model(recon, layout):
+    """The model's output -> the picture at the output size, in the source picture's geometry."""
+    if layout.fit == "stretch":
+        return _stretch(recon, layout.picture)
+    if layout.fit == "pad":
+        t, l, b, r = layout.inner
+        return _stretch(recon[t:b, l:r], layout.picture)
+    t, l, b, r = layout.region
+    if (t, l, b, r) == (0, 0) + layout.picture:
+        return _stretch(recon, layout.picture)
+    out = np.zeros(layout.picture + recon.shape[2:], np.uint8)  # what the model never saw stays black
+    out[t:b, l:r] = _stretch(recon, (b - t, r - l))
+    return out
+
+
+def _place(picture, canvas):
+    """Centre ``picture`` on a black ``canvas`` (H, W), cutting what overhangs (an odd pixel)."""
+    if picture.shape[:2] == tuple(canvas):
+        return picture
+    out = np.zeros(tuple(canvas) + picture.shape[2:], np.uint8)
+    src, dst = [], []
+    for p, c in zip(picture.shape[:2], canvas):
+        if p >= c:
+            o = (p - c) // 2
+            src.append(slice(o, o + c))
+            dst.append(slice(0, c))
+        else:
+            o = (c - p) // 2
+            src.append(slice(0, p))
+            dst.append(slice(o, o + p))
+    out[dst[0], dst[1]] = picture[src[0], src[1]]
+    return out
+
+
+def compose(frame, recon, layout):
+    """One output frame from the model's reconstruction and the source frame (used only when
+    ``layout.needs_source``; may be None otherwise)."""
+    picture = from_model(recon, layout)
+    original = None
+    if layout.blend is not None or layout.side_by_side:
+        original = frame if frame.shape[:2] == layout.picture else _stretch(frame, layout.picture)
+    if layout.blend is not None:
+        picture = cv2.addWeighted(picture, layout.blend, original, 1.0 - layout.blend, 0.0)
+    out = _place(picture, layout.canvas)
+    if layout.side_by_side:
+        out = np.concatenate([_place(original, layout.canvas), out], axis=1)
+    return np.ascontiguousarray(out)

@@ -1,4 +1,5 @@
 """cadl render end to end with a really trained tiny VAE: exactness, options, resume, Beam, bad input."""
+import dataclasses
 import logging
 import os
 import signal
@@ -11,7 +12,9 @@ import pytest
 
 import jobs
 from jobs import render
-from pipelines import atomic, geometry, media, video_out
+from pipelines import atomic, geometry, media, render_engine, video_out
+from pipelines import render as render_stage
+from pipelines.render import RenderConfig
 from pipelines.errors import CadlError
 from pipelines.synthetic import make_film
 from test_locks import holder  # noqa: F401 - a fixture: another live process holding a folder's lock
@@ -77,8 +80,8 @@ def test_fit_then_unfit_gives_back_the_picture_undistorted(fit):
     frame = cv2_smooth(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8))
     fmt = video_out.output_format("x.mp4")
     info = media.VideoInfo("x", 160, 90, None, (0,), None, False, 0.0, "h264", None, 0, 0)
-    layout = render.make_layout(info, {"image_size": [32, 32], "fit": fit}, fmt)
-    back = render.from_model(geometry.fit_image(frame, layout.model, layout.fit), layout)
+    layout = geometry.make_layout(info, {"image_size": [32, 32], "fit": fit}, fmt)
+    back = geometry.from_model(geometry.fit_image(frame, layout.model, layout.fit), layout)
     assert back.shape == frame.shape
     if fit == "crop":
         t, l, b, r = layout.region
@@ -98,18 +101,18 @@ def test_layout_sizes_are_even_and_undistorted():
     fmt = video_out.output_format("x.mp4")
     info = media.VideoInfo("x", 81, 45, None, (0,), None, False, 0.0, "h264", None, 0, 0)
     cfg = {"image_size": [16, 16], "fit": "crop"}
-    assert render.make_layout(info, cfg, fmt).frame_size == (44, 80)
-    assert render.make_layout(info, cfg, fmt, side_by_side=True).frame_size == (44, 160)
-    assert render.make_layout(info, cfg, fmt, scale=2).frame_size == (90, 162)
-    boxed = render.make_layout(info, cfg, fmt, output_size=(100, 100))
+    assert geometry.make_layout(info, cfg, fmt).frame_size == (44, 80)
+    assert geometry.make_layout(info, cfg, fmt, side_by_side=True).frame_size == (44, 160)
+    assert geometry.make_layout(info, cfg, fmt, scale=2).frame_size == (90, 162)
+    boxed = geometry.make_layout(info, cfg, fmt, output_size=(100, 100))
     assert boxed.frame_size == (100, 100) and boxed.picture == (56, 100)  # letterboxed, aspect kept
     png = video_out.output_format("frames")
-    assert render.make_layout(info, cfg, png).frame_size == (45, 81)  # PNG takes odd sides
+    assert geometry.make_layout(info, cfg, png).frame_size == (45, 81)  # PNG takes odd sides
 
 
 def test_latent_smoother_is_a_centred_mean_clipped_at_the_ends():
     zs = {i: np.array([float(i * i)]) for i in range(10)}
-    s = render.LatentSmoother(radius=2, emit_start=3, emit_stop=10, last_index=9)
+    s = render_engine.LatentSmoother(radius=2, emit_start=3, emit_stop=10, last_index=9)
     out = []
     for i in range(1, 10):  # frames 1, 2 are context for frame 3
         out += s.push(i, zs[i], f"frame{i}")
@@ -135,10 +138,10 @@ def test_mp4_same_frames_rate_duration_audio_and_content(tiny_run, model, short_
     assert saved["frames"] == 75 and set(saved["seconds"]) >= {"decode", "infer", "encode", "join", "total"}
     assert not os.path.exists(str(out) + ".parts")
     # Each output frame is the model's reconstruction put back in place (up to H.264 at crf 12).
-    layout = render.make_layout(src, model.config, video_out.output_format(out))
+    layout = geometry.make_layout(src, model.config, video_out.output_format(out))
     inputs = _model_inputs(short_film, layout)
     for i in (0, 40, 74):
-        want = render.compose(None, model.reconstruct(inputs[i][None])[0], layout)
+        want = geometry.compose(None, model.reconstruct(inputs[i][None])[0], layout)
         assert _psnr(_frames_at(out, i), want) > 33
 
 
@@ -211,12 +214,12 @@ def test_png_sequence_smoothing_matches_a_direct_computation(tiny_run, model, sh
     names = sorted(n for n in os.listdir(out) if n.endswith(".png"))
     assert len(names) == 75 and os.path.exists(out / "audio.mka") and os.path.exists(out / "timestamps.txt")
     src = media.probe(short_film)
-    layout = render.make_layout(src, model.config, video_out.output_format(out))
+    layout = geometry.make_layout(src, model.config, video_out.output_format(out))
     z = model.encode(np.stack(_model_inputs(short_film, layout)))
     from PIL import Image
     for i in (0, 9, 10, 11, 37, 74):  # 10 starts a segment: its window reaches into the previous one
         mean = z[max(0, i - 2):i + 3].mean(axis=0)
-        want = render.compose(None, model.decode(mean[None])[0], layout)
+        want = geometry.compose(None, model.decode(mean[None])[0], layout)
         got = np.asarray(Image.open(out / names[i]).convert("RGB"))
         assert np.abs(got.astype(int) - want).max() <= 2, i
     plain = _render(tiny_run, short_film, tmp_path / "plain", "--segment-seconds", "0.4")
@@ -242,11 +245,11 @@ def test_the_model_is_fed_frames_fitted_as_extraction_fits_them(model, short_fil
     output shows the original next to the reconstruction."""
     info = media.probe(short_film)
     fmt = video_out.output_format(tmp_path / "o.mkv", codec="ffv1")
-    layout = render.make_layout(info, model.config, fmt, side_by_side=side_by_side)
-    plan = render.Plan(info=info, layout=layout, fmt=fmt, parts=str(tmp_path), segments=tuple(info.segments(1.0)),
-                       batch_size=16)
+    layout = geometry.make_layout(info, model.config, fmt, side_by_side=side_by_side)
+    plan = render_engine.SegmentPlan(info=info, layout=layout, fmt=fmt, parts=str(tmp_path),
+                                     segments=tuple(info.segments(1.0)), batch_size=16)
     spy = _Recording(model)
-    stats = render.render_segments(plan, spy, list(range(len(plan.segments))))
+    stats = render_engine.render_segments(plan, spy, list(range(len(plan.segments))))
     # Batches never span two segments: each segment of 25 frames is a batch of 16 and a padded one of 9.
     sizes = [min(16, e - i) for s, e in plan.segments for i in range(s, e, 16)]
     assert stats["frames"] == 75 and [len(b) for b in spy.inputs] == [16] * len(sizes)
@@ -254,6 +257,66 @@ def test_the_model_is_fed_frames_fitted_as_extraction_fits_them(model, short_fil
     want = _model_inputs(short_film, layout)
     assert fed.shape == (75,) + layout.model + (3,) and len(want) == 75
     assert all(np.array_equal(a, b) for a, b in zip(fed, want))
+
+
+# ---- the library: render(RenderConfig) without a command line ----
+
+def test_render_from_python_with_a_config_and_no_command_line(tiny_run, tmp_path, monkeypatch):
+    """Another stage (a notebook, retrain, a worker) calls the function; no flags are parsed on the way."""
+    import argparse
+
+    def no_parser(*args, **kwargs):
+        raise AssertionError("render(RenderConfig) built an argument parser")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", no_parser)
+    film = make_film(tmp_path / "lib.mp4", "testsrc2", seconds=1.2, size=(96, 54), rate="25")
+    out = tmp_path / "out" / "lib.mkv"
+    config = RenderConfig(model=tiny_run, input=str(film), output=str(out), codec="ffv1", smooth=2,
+                          segment_seconds=0.5, batch_size=8, output_size=(60, 120), side_by_side=True)
+    summary = render_stage.render(config)
+    src, res = media.probe(film), media.probe(out)
+    assert res.num_frames == src.num_frames == summary["frames"] == 30
+    assert res.fps == src.fps and res.duration == pytest.approx(src.duration, abs=1e-6)
+    assert (res.width, res.height) == (summary["width"], summary["height"]) == (240, 60)
+    assert summary["segments"] == 3 and summary["options"]["smooth"] == 3  # rounded up to odd
+    assert res.audio_codec is not None and summary["audio_kept"]
+    assert atomic.read_json(str(out) + ".summary.json") == summary
+    assert not os.path.exists(str(out) + ".parts")
+    with pytest.raises(CadlError, match="--overwrite"):  # the same checks as the command's
+        render_stage.render(config)
+    silent = render_stage.render(dataclasses.replace(config, audio=False, overwrite=True))
+    assert silent["audio_kept"] is False and media.probe(out).audio_codec is None
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"blend": 1.5}, "--blend must be between 0 and 1"),
+    ({"smooth": 0}, "--smooth must be at least 1"),
+    ({"scale": 0}, "--scale must be positive"),
+    ({"batch_size": 0}, "--batch-size must be at least 1"),
+    ({"segment_seconds": 0}, "--segment-seconds must be positive"),
+    ({"output_size": (0, 10)}, "--output-size: size must look like HxW"),
+    ({"output_size": "72x128"}, "--output-size must be"),
+    ({"deinterlace": "yes"}, "deinterlace must be one of auto, off"),
+    ({"beam_args": ("--direct_num_workers", "2")}, "Beam options need a runner"),
+])
+def test_render_config_refuses_bad_knobs_in_one_line(knobs, message):
+    with pytest.raises(CadlError, match=message) as e:
+        RenderConfig(model="m", input="i.mp4", output="o.mp4", **knobs)
+    assert "\n" not in str(e.value)
+
+
+def test_render_config_is_frozen_and_defaults_are_the_commands():
+    config = RenderConfig(model="m", input="i.mp4", output="o.mp4")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.crf = 0
+    args, beam_args = render.build_parser().parse_known_args(["--model", "m", "--input", "i.mp4", "--output", "o.mp4"])
+    assert render.config_from_args(args, beam_args) == config
+    args, beam_args = render.build_parser().parse_known_args(
+        ["--model", "m", "--input", "i.mp4", "--output", "o.mp4", "--output-size", "72x128", "--no-audio",
+         "--keep-fields", "--runner", "DirectRunner", "--direct_num_workers", "2"])
+    assert render.config_from_args(args, beam_args) == dataclasses.replace(
+        config, output_size=(72, 128), audio=False, deinterlace="off", runner="DirectRunner",
+        beam_args=("--direct_num_workers", "2"))
 
 
 # ---- resume and parallel rendering ----
