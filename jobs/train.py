@@ -7,8 +7,7 @@ import dataclasses
 import sys
 
 import jobs
-from pipelines.trainer import PRESETS, LR_SCHEDULES
-from pipelines.training import TrainConfig, train
+from pipelines.training import LR_SCHEDULES, PRESETS, TrainConfig, train
 
 DESCRIPTION = """train the convolutional VAE on extracted shards.
 
@@ -60,10 +59,9 @@ def build_parser():
     return p
 
 
-def add_options(p):
-    """The training flags (all but --data and --out), on ``p``; ``cadl retrain`` takes them too."""
-    from models.vae import DEFAULTS
-
+def add_options(p, preset_defaults=True):
+    """The training flags (all but --data and --out), on ``p``; ``cadl retrain`` takes them too.
+    ``preset_defaults``: say each model flag's value in the default preset (imports TensorFlow)."""
     stop = p.add_argument_group("when to stop (the first reached; none given: --epochs 10)")
     stop.add_argument("--max-steps", type=int, help="global step target (a resumed run stops at the same step)")
     stop.add_argument("--max-seconds", type=float, help="wall-clock budget of this invocation, in seconds")
@@ -101,7 +99,7 @@ def add_options(p):
                    help="learning rate over the budget: constant keeps --lr; cosine and linear decay from --lr "
                         "to 0 over the run (the fraction of --max-steps/--epochs reached, or of --max-seconds "
                         "spent in this invocation, whichever is further). Decay fits the training frames "
-                        "closer but measured 0.2-0.4 dB worse on unseen frames (quality_bench), hence constant")
+                        "closer but did worse on unseen frames (benchmarks/quality_bench.py), hence constant")
 
     d = p.add_argument_group("input pipeline")
     d.add_argument("--augment", action="store_true", help="random horizontal flips")
@@ -136,6 +134,10 @@ def add_options(p):
     g.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker"), default="auto",
                    help="auto: MirroredStrategy when more than one GPU is visible")
     g.add_argument("--steps-per-execution", type=int, default=1, help="training steps per tf.function call")
+    if not preset_defaults:
+        return
+    from models.vae import DEFAULTS
+
     for action in m._group_actions:  # model flags: say what the default preset uses
         key = action.dest
         if key in DEFAULTS and action.default is None:

@@ -25,8 +25,6 @@ log = logging.getLogger("cadl.train")
 
 MODEL_FLAGS = ("arch", "widths", "blocks", "latent", "latent_channels", "hidden", "norm", "activation", "dropout",
                "loss", "beta", "beta_warmup")
-PRESETS = ("default", "tiny", "course")
-LR_SCHEDULES = ("cosine", "linear", "constant")
 EXACT_RESUME_BYTES = 128 * 2**20  # exact_resume "auto": save the data position when it is at most this big
 HISTORY_MAX = 500  # loss points kept in summary.json
 MONTAGE_IMAGES = 16  # the fixed validation batch shown in recon montages (two rows of originals/reconstructions)

@@ -26,12 +26,14 @@ import logging
 import os
 from typing import Optional
 
-from pipelines import owned, tfdata
+from pipelines import owned
 from pipelines.errors import CadlError
 from pipelines.lock import LOCK_NAME, folder_lock
-from pipelines.trainer import LR_SCHEDULES, PRESETS, Trainer, check_compatible
 
 log = logging.getLogger("cadl.train")
+
+PRESETS = ("default", "tiny", "course")
+LR_SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +124,8 @@ def train(config):
     # into it exits 75 before touching anything.
     with folder_lock(out, "train of this run folder", name=_lock_name(config.strategy)):
         owned.mark(out, "run")
+        from pipelines.trainer import Trainer  # TensorFlow loads here, after the cheap checks
+
         try:
             summary = Trainer(config).fit()
         finally:
@@ -143,7 +147,8 @@ def evaluate(model_path, data_dir, split="validation", batch_size=64, skip_corru
     import numpy as np
     import tensorflow as tf
 
-    from pipelines import export
+    from pipelines import export, tfdata
+    from pipelines.trainer import check_compatible
 
     manifest = tfdata.load_manifest(data_dir)
     model = export.load_model(model_path)
