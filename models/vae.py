@@ -28,22 +28,21 @@ DEFAULTS = {
     "fit": "crop",              # how frames of another aspect were fitted (crop|pad|stretch), for render
     "arch": "resnet",           # "resnet" (ours) | "course" (the lesson's network, the baseline)
     "widths": [16, 64, 128],    # channels per resolution level; depth = len(widths) stride-2 steps (a thin
-                                # first level: full-resolution convs dominate CPU time; measured +1 dB at 150 s)
+                                # first level: full-resolution convs dominate CPU time)
     "blocks": 1,                # residual blocks per level (resnet)
     "latent": 128,              # size of z with a dense code; with latent_channels derived: cells x channels
     "latent_channels": 4,       # N: z is a spatial code, N numbers per cell of the lowest resolution (1x1
                                 # convs, flattened: 8x8 cells x 4 = 256 at 64x64); 0: z from a dense layer
-                                # over all features. Held-out PSNR after 300 s (quality_bench): dense 128
-                                # 25.9 dB, grid of 2 (128) 26.1 dB, grid of 4 (256) 27.5 dB
+                                # over all features (the grid trains better: README, "Benchmarks")
     "hidden": 0,                # dense units between conv features and z (0: none; the course uses 250)
-    "norm": "none",             # "group" | "batch" | "none" (none: measured best on CPU budgets, see
+    "norm": "none",             # "group" | "batch" | "none" (none: best on CPU budgets in
                                 # benchmarks/quality_bench.py; "group" for long GPU runs if training wobbles)
     "activation": "silu",       # "silu" | "relu" | "sigmoid" | "elu"
     "dropout": 0.0,             # drop rate after each conv (the course's keep_prob 0.8 is 0.2)
     "loss": "sse",              # reconstruction: "sse" summed squared error | "l1" summed absolute error
                                 # | "mix" (sse + l1 / 10)
-    "beta": 0.01,               # KL weight: loss = reconstruction + beta * KL (per image); 0.1 spent ~28% of
-                                # the loss on KL and cost ~1 dB held-out (quality_bench, 150 s)
+    "beta": 0.01,               # KL weight: loss = reconstruction + beta * KL (per image); larger betas
+                                # spend the loss on KL and cost held-out PSNR (README, "Benchmarks")
     "beta_warmup": 500,         # steps over which beta ramps linearly from 0 (0: none)
     "seed": 0,                  # sampling noise seed
 }
@@ -167,7 +166,7 @@ def build_encoder(cfg):
 
 def _bounded_log_var(z_log_var):
     # Softly bounded to (-10, 10): exp(z_log_var) in the KL term otherwise overflows to inf when a large
-    # learning rate kicks the head (measured: lr 2e-3 diverged at step 189 without this).
+    # learning rate kicks the head (lr 2e-3 diverged without this).
     z_log_var = layers.Rescaling(0.1, name="z_log_var_in", dtype="float32")(z_log_var)
     z_log_var = layers.Activation("tanh", name="z_log_var_tanh", dtype="float32")(z_log_var)
     return layers.Rescaling(10.0, name="z_log_var", dtype="float32")(z_log_var)
