@@ -12,7 +12,7 @@ from jobs import extract
 from pipelines import manifest as mf
 from pipelines import media, schema
 from pipelines.errors import CadlError
-from pipelines.extract import validation_blocks
+from pipelines.extract_decode import validation_blocks
 from pipelines.synthetic import make_film
 
 
@@ -133,7 +133,7 @@ def test_image_folder(tmp_path):
     assert all(cv2.imdecode(np.frombuffer(r["image"], np.uint8), cv2.IMREAD_UNCHANGED).shape == (24, 24, 3)
                for r in records)
     # Splits are a hash of the path relative to the folder given: recompute them.
-    from pipelines.extract import still_split
+    from pipelines.extract_decode import still_split
     for r in records:
         assert r["split"] == still_split(os.path.relpath(r["source"], tmp_path / "stills"), 0.4)
     assert summary["inputs_found"] == 7 and summary["inputs_extracted"] == 7 and summary["skipped"] == []
@@ -344,3 +344,4 @@ def test_cadl_extract_command_line(short_film, tmp_path):
     assert lines[-1].startswith(f"{out}: 75 new records") and "Traceback" not in proc.stderr
     assert not [l for l in lines if "channel" in l.lower()]  # no Beam worker chatter
     assert json.loads((out / "summary.json").read_text())["records_total"] == 75
+
