@@ -14,6 +14,18 @@ worker threads, the ffmpeg decoders), sampled every 20 ms from /proc (a child ca
 which shares its parent's pages, is not counted twice); the largest single process comes from
 ``getrusage(RUSAGE_CHILDREN)``. The machine may be shared: run it when it is quiet, and compare figures
 from the same run only.
+
+Figures behind choices in the extraction code (measured when each choice was made; rerun to check them):
+  - PNG records are written with the "up" filter and run-length zlib (``extract_decode._Encode``): 2-2.5x
+    faster than libpng's adaptive filters with deflate, within a few % of their size (testsrc2 and mandelbrot
+    frames).
+  - Per-pixel moments accumulate in uint32 with in-place adds (``extract_decode._Moments``): twice as fast as
+    int64 temporaries.
+  - The local runner's workers (``extract_beam.pipeline_options``): threads on up to 4 cores (on 2 cores threads
+    were faster than processes, Beam's start-up included); on more, the ~0.1 ms of Python per frame that holds
+    the GIL caps threads near what ~4 ffmpeg decoders deliver, so the workers are processes.
+  - Neither the driver nor the workers import TensorFlow: it costs ~2 s and ~0.6 GB per process
+    (``schema.RecordEncoder`` writes the Example wire format instead).
 """
 import argparse
 import json

@@ -1,784 +1,472 @@
-"""The extraction pipeline (Apache Beam): inputs -> decoded, fitted, encoded pictures -> TFRecord shards.
+"""The extract stage: films, CelebA and image folders -> a dataset folder of sharded TFRecords.
 
-    films   Create -> PlanFilm (probe, sampling, validation blocks, segments cut after keyframes)
-                   -> Reshuffle -> DecodeFilmSegment (ffmpeg decodes and scales one segment)
-    stills  Create(batches of images / CelebA index ranges) -> DecodeStills
-    both    -> WriteShards (rolling ~100 MB temp files per bundle, or exactly --num-shards via a shuffle)
-            + "report" (per-input facts, skipped inputs, written parts) and "moments" (per-pixel sums)
-              combined globally and written into the run's temp folder for the driver to finalize.
+    from pipelines.extract import ExtractConfig, extract
+    summary = extract(ExtractConfig(inputs=("films/",), output="data/", size=(72, 128)))
 
-Create itself reshuffles several elements, so films and still batches spread over the workers. A long film
-becomes many segments (separate work items), so every worker decodes a piece of it, and memory
-is one frame per worker whatever the film's length: records never pass through a shuffle in the default
-sharding, they are written by the worker that decoded them.
+``extract`` does the driver's work around the Beam pipeline (``pipelines.extract_beam``): it checks the
+output, locks a local one (``.cadl-lock``: a second extract into it exits 75 touching nothing), removes work
+folders that killed runs left, skips what an incremental run already has, runs the pipeline into a work
+folder in the output (removed however the run ends, Ctrl-C and SIGTERM included), then publishes the run as
+one unit: shards renamed from the parts, mean/std images and moments, and the manifest's switch (see
+``pipelines.manifest``). ``cadl extract`` (``jobs/extract.py``) is its flags.
 
-Inputs and the output may be URLs of any filesystem Beam knows (``gs://``, ``s3://``, ``hdfs://``): the
-worker that plans or decodes a remote film first copies it to a local file (``storage.films``: one copy per
-worker process, reused by its later segments of that film), because ffmpeg seeks in the file; stills and
-CelebA's zip are read in place through ``FileSystems.open``; shards and the run's report are written with
-``FileSystems.create``.
+The summary (returned, and written as summary.json) has these keys:
+    output, manifest             the dataset folder and its manifest file
+    inputs_found                 inputs that config.inputs name (files, CelebA roots)
+    inputs_new                   inputs processed by this run (not already extracted)
+    inputs_already_extracted     inputs skipped because the manifest has them with the same size and mtime
+                                 (only with incremental; 0 otherwise)
+    inputs_extracted             new inputs that gave at least one record
+    inputs_bad                   new inputs skipped as unreadable, empty, truncated to nothing or not media
+    records_new                  records written by this run;  records_total: in the dataset after it
+    splits_new, splits           records per split written by this run / in the dataset after it
+    shards_new                   shard files written by this run (names relative to the output folder)
+    skipped                      [{"input", "reason"}] for this run's bad inputs
+    runner, seconds              the Beam runner used and the job's wall time
+An incremental run with nothing new succeeds with inputs_new 0 and writes no shard.
 
-Neither the driver nor the workers import TensorFlow (2 s and ~0.6 GB per process): ``RecordEncoder`` writes
-the ``tf.train.Example`` wire format of the schema's features directly (tests check it parses to the same
-Example as ``schema.encode_record``), and ``TFRecordFile`` frames records with google-crc32c.
+Inputs and output are local paths or URLs of any filesystem Apache Beam knows (gs://, s3://, hdfs://, ...).
 """
-import bisect
+import contextlib
 import dataclasses
-import hashlib
-import json
+import io
 import logging
-import math
 import os
-import struct
+import shutil
+import sys
+import tempfile
 import threading
+import time
 import uuid
-import zipfile
-import zlib
-from fractions import Fraction
 
-import apache_beam as beam
-import cv2
-import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
-
-from pipelines import geometry, media, schema, storage
-from pipelines.celeba import CelebA
-from pipelines.errors import CadlError
+from pipelines import geometry, media, owned, schema, sources, storage
+from pipelines import manifest as mf
+from pipelines.errors import CadlError, no_space
+from pipelines.lock import folder_lock
 
 log = logging.getLogger("cadl.extract")
-
-REPORT = "report.json"           # written into the run's temp folder by the pipeline, read by the driver
-MOMENTS = "moments.npz"
-STILLS_PER_ITEM = 64             # images per work item: amortizes per-element overhead, still spreads well
-_NAMESPACE = "cadl.extract"      # Beam metrics namespace
-# Set by a driver that was interrupted (Ctrl-C, SIGTERM): its in-process workers, still running their
-# bundles, stop writing into the work folder the driver is removing.
-CANCELLED = threading.Event()
-
-
-class _Discard:
-    """What a cancelled run's workers write into: nothing (no error either: the driver is already gone)."""
-    count = bytes = 0
-    path = first_key = None
-
-    def write(self, key, record):
-        pass
-
-    def close(self):
-        return {"path": None, "count": 0, "bytes": 0, "first_key": None}
+TMP_PREFIX = ".cadl-extract-"  # of the run's work folder in the output (Settings.tmp_dir): Beam's parts, the report
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """Everything a worker needs, fixed when the pipeline is built (pickled into the DoFns)."""
-    size: tuple                  # (H, W) of every record's picture
-    fit: str                     # geometry.FITS
-    fmt: str                     # "png" | "jpeg"
-    quality: int = 95            # JPEG quality 1..100
-    png_level: int = 1           # zlib level 0..9 (with the RLE strategy below the level matters little)
-    crop_factor: float | None = None  # central fraction kept before fitting stills; None: 0.8 CelebA, 1 others
-    every: int = 1               # keep every Nth frame of a film
-    fps: float | None = None     # or: keep the first frame of each 1/fps second (like ffmpeg -r)
-    start: float = 0.0           # seconds into each film
-    end: float | None = None     # seconds into each film (exclusive); None: to the end
-    validation_fraction: float = 0.05
-    validation_block: float = 4.0  # seconds: films go to validation in contiguous blocks this long
-    segment_seconds: float = 10.0  # least seconds of film per work item (cut right after a keyframe)
-    compression: str = ""        # "" | "GZIP"
-    shard_bytes: int = 100 * 2 ** 20  # target shard size when num_shards is 0
-    num_shards: int = 0          # > 0: exactly this many shards per split (at most; empty ones dropped)
-    tmp_dir: str = ""            # where parts, the report and the moments go before finalizing
-    decoder_threads: int = 1     # ffmpeg decoder threads per segment (parallelism comes from workers)
-    deinterlace: str = "auto"    # media.DEINTERLACE: "auto" deinterlaces interlaced films, "off" keeps fields
-    stall_seconds: float = media.STALL_SECONDS  # an ffmpeg process silent this long: the input is skipped
+class ExtractConfig:
+    """Every knob of an extraction; the defaults are ``cadl extract``'s. Invalid values raise ``CadlError``
+    (one line naming the flag) when the config is made."""
+    inputs: tuple                  # films, images, folders, globs, CelebA roots: local paths or URLs
+    output: str                    # the dataset folder, a local path or a URL
+    size: tuple = (64, 64)         # (H, W) pixels of every record's picture, 1..geometry.MAX_SIDE each
+    fit: str = "crop"              # geometry.FITS: "crop" (cover, centre-crop) | "pad" (black bars) | "stretch"
+    crop_factor: float | None = None  # stills: central fraction (0, 1] of each side kept; None: 0.8 CelebA, 1 others
+    every: int = 1                 # films: keep every Nth frame (>= 1), counted from ``start``
+    fps: float | None = None       # films, instead: the first frame of each 1/fps seconds (> 0); None: every frame
+    start: float = 0.0             # films: seconds skipped at the start of each (>= 0)
+    end: float | None = None       # films: seconds into each where extraction stops (> start); None: its end
+    deinterlace: str = "auto"      # media.DEINTERLACE: "auto" deinterlaces interlaced films, "off" keeps fields
+    stall_seconds: float = media.STALL_SECONDS  # an ffmpeg process silent this long (> 0): its input is skipped
+    segment_seconds: float = 10.0  # least seconds of film per work item (> 0), each cut right after a keyframe
+    format: str = "png"            # schema.IMAGE_FORMATS: "png" (lossless) | "jpeg"
+    quality: int = 95              # JPEG quality 1..100 (format "jpeg" only)
+    compression: str = "none"      # shards: "none" | "gzip" (.tfrecord.gz)
+    shard_mb: float = 100.0        # target shard size in MiB (> 0) when num_shards is 0
+    num_shards: int = 0            # > 0: at most this many shards per split, records sorted (a full shuffle)
+    validation_fraction: float = 0.05  # 0..1: share of films (in blocks) and folder stills for validation
+    validation_block: float = 4.0  # seconds (> 0): films go to validation in contiguous blocks this long
+    incremental: bool = False      # keep the dataset in ``output``, add only inputs its manifest lacks
+    beam_args: tuple = ()          # Beam pipeline options ("--runner=...", "--temp_location=...", ...)
 
-    @property
-    def suffix(self):
-        return ".tfrecord.gz" if self.compression == "GZIP" else ".tfrecord"
+    def __post_init__(self):
+        for name in ("inputs", "size", "beam_args"):  # tuples whatever sequence was given: hashable, picklable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        size = self.size
+        checks = [
+            (len(size) == 2 and all(isinstance(v, int) and 1 <= v <= geometry.MAX_SIDE for v in size),
+             f"--size must be a height and a width of 1..{geometry.MAX_SIDE} pixels, not {size!r}"),
+            (self.fit in geometry.FITS, f"--fit must be one of {', '.join(geometry.FITS)}"),
+            (self.every >= 1, "--every must be >= 1"), (self.fps is None or self.fps > 0, "--fps must be > 0"),
+            (self.start >= 0, "--start must be >= 0"),
+            (self.end is None or self.end > self.start, "--end must be after --start"),
+            (self.deinterlace in media.DEINTERLACE, f"deinterlace must be one of {', '.join(media.DEINTERLACE)}"),
+            (self.format in schema.IMAGE_FORMATS, f"--format must be one of {', '.join(schema.IMAGE_FORMATS)}"),
+            (1 <= self.quality <= 100, "--quality must be in 1..100"),
+            (self.compression in ("none", "gzip"), "--compression must be none or gzip"),
+            (0 <= self.validation_fraction <= 1, "--validation-fraction must be in 0..1"),
+            (self.validation_block > 0, "--validation-block must be > 0"),
+            (self.segment_seconds > 0, "--segment-seconds must be > 0"),
+            (self.stall_seconds > 0, "--stall-seconds must be > 0"),
+            (self.shard_mb > 0, "--shard-mb must be > 0"), (self.num_shards >= 0, "--num-shards must be >= 0"),
+            (self.crop_factor is None or 0 < self.crop_factor <= 1, "--crop-factor must be in (0, 1]")]
+        for ok, message in checks:
+            if not ok:
+                raise CadlError(message)
+
+    def options_record(self):
+        """The options that shaped the records (stored in the manifest; no paths, no run-specific values)."""
+        return {"size": list(self.size), "fit": self.fit, "format": self.format,
+                "quality": self.quality if self.format == "jpeg" else None, "crop_factor": self.crop_factor,
+                "every": self.every, "fps": self.fps, "start": self.start, "end": self.end,
+                "segment_seconds": self.segment_seconds, "compression": _tf_compression(self),
+                "shard_mb": self.shard_mb, "num_shards": self.num_shards,
+                "validation_fraction": self.validation_fraction, "validation_block": self.validation_block,
+                "deinterlace": self.deinterlace}
 
 
-def unit_hash(*parts):
-    """A stable number in [0, 1) from ``parts`` (the same on every machine and Python run)."""
-    digest = hashlib.md5("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64
+def _tf_compression(config):
+    return "GZIP" if config.compression == "gzip" else ""
 
 
-def still_split(rel, fraction):
-    """Split of a still from an image folder: a hash of its path relative to the folder given."""
-    return "validation" if unit_hash("image", rel) < fraction else "train"
+def extract(config):
+    """Extract ``config.inputs`` into ``config.output``; returns the summary (also written as summary.json)."""
+    started = time.time()
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    urls = [path for path in config.inputs + (config.output,) if storage.is_url(path)]
+    if urls:
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        # Filesystems read their settings (--hdfs_host, --s3_region_name, ...) from the pipeline options; the
+        # driver lists inputs and writes the output before the pipeline exists.
+        FileSystems.set_options(PipelineOptions(list(config.beam_args)))
+        for url in urls:
+            storage.check(url)
+    output = storage.normalize(config.output)
+    _check_output(output)
+    # A local output is locked for the whole run: a second extract into it exits 75 and touches nothing.
+    try:
+        with contextlib.nullcontext() if storage.is_url(output) else folder_lock(output, "extract into this folder"):
+            if not storage.is_url(output):
+                _sweep_temp(output)
+            return _extract(config, output, started)
+    except Exception as e:
+        if not no_space(e):
+            raise
+        raise CadlError(f"{output}: no space left on device; the dataset there is as it was before this run "
+                        "(free some space and run again)") from None
 
 
-def validation_blocks(name, duration, block, fraction, timestamps=None):
-    """Indices of the ``block``-second blocks of film ``name`` that go to validation.
+def _check_output(output):
+    if storage.is_url(output):
+        _check_remote_output(output)
+        return
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise CadlError(f"{output}: the output exists and is not a folder")
+    try:
+        os.makedirs(output, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cadl-write-test-", dir=output)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise CadlError(f"{output}: the output folder is not writable ({e.strerror or e})") from None
 
-    A block is chosen when the hash of (name, block) falls below ``fraction``; a film with two or more blocks
-    and none chosen gives its lowest-hashed block, so every film of some length has validation frames; a
-    film within a single block gives none (its only frames are for training).
-    With ``timestamps`` (every frame's seconds from the first) only blocks that hold a frame are candidates:
-    nothing here is sized by a duration a header merely claims.
-    """
-    if fraction <= 0 or block <= 0:
-        return frozenset()
-    if timestamps is not None:
-        candidates = sorted({int(t // block) for t in timestamps})
+
+def _check_remote_output(output):
+    """A URL output: not an existing file, and writable (checked by writing and deleting a small file)."""
+    try:
+        is_file = storage.isfile(output)
+    except Exception as e:  # the client library's own: no credentials, no such bucket, ...
+        raise CadlError(f"{output}: cannot reach the output ({e})") from None
+    if is_file:
+        raise CadlError(f"{output}: the output exists and is not a folder")
+    probe = storage.join(output, f".cadl-write-test-{uuid.uuid4().hex[:12]}")
+    try:
+        storage.makedirs(output)
+        storage.write_bytes(probe, b"")
+        storage.delete(probe)
+    except Exception as e:  # BeamIOError, or the client library's own (permission denied, no such bucket)
+        raise CadlError(f"{output}: the output folder is not writable ({e})") from None
+
+
+def _sweep_temp(output):
+    """Remove work folders that killed runs left (with the lock held, no other run is using one)."""
+    for name in sorted(os.listdir(output)):
+        if name.startswith(TMP_PREFIX) and os.path.isdir(os.path.join(output, name)):
+            log.info("%s: removing %s, left by an interrupted run", output, name)
+            storage.remove_tree(os.path.join(output, name))
+
+
+def _extract(config, output, started):
+    from pipelines.extract_decode import Settings
+
+    settings = Settings(config, tmp_dir=storage.join(output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}"))
+    old = mf.read(output)
+    inputs, problems = sources.discover(list(config.inputs), exclude=[output])
+    skipped = [{"input": spec, "reason": reason} for spec, reason in problems]
+    for entry in skipped:
+        log.warning("skipping %s: %s", entry["input"], entry["reason"])
+    if not inputs:
+        raise CadlError(f"{', '.join(config.inputs)}: no films, images or CelebA found")
+    image = {"height": config.size[0], "width": config.size[1], "channels": 3, "format": config.format,
+             "fit": config.fit}
+    header = {"schema_version": schema.SCHEMA_VERSION, "image": image, "compression": _tf_compression(config)}
+    if config.incremental and old:
+        mf.check_compatible(old, header, output)
+        new, done, changed = mf.already_extracted(old, inputs)
+        log.info("skipping %d already extracted", len(done))
+        for item in changed:
+            log.warning("%s changed since it was extracted: its records are added again and the old ones "
+                        "stay (extract without --incremental to rebuild the dataset)", item.path)
     else:
-        candidates = range(max(1, math.ceil(duration / block)))
-    if len(candidates) < 2:
-        return frozenset()  # a film within one block (a single frame, a short clip) is all for training
-    hashes = {b: unit_hash("film", name, b) for b in candidates}
-    chosen = {b for b, h in hashes.items() if h < fraction}
-    if not chosen and len(hashes) >= 2:
-        chosen = {min(hashes, key=hashes.get)}
-    return frozenset(chosen)
+        new, done = inputs, []
+    if old and not config.incremental:
+        log.info("%s: replacing the dataset there (use --incremental to add to it)", output)
 
+    summary = {"output": output, "manifest": mf.path(output), "inputs_found": len(inputs),
+               "inputs_new": len(new), "inputs_already_extracted": len(done), "inputs_extracted": 0,
+               "inputs_bad": 0, "records_new": 0, "splits_new": {}, "shards_new": [], "skipped": skipped}
+    if not new:
+        summary.update(records_total=mf.counts(old)["total"], splits=_splits(old), runner=None,
+                       seconds=round(time.time() - started, 3))
+        _write_summary(output, summary)
+        log.info("nothing new to extract into %s", output)
+        return summary
 
-# -- records without TensorFlow --------------------------------------------------------------------------
-def _varint(n):
-    if n < 0:
-        n += 1 << 64
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number, payload):
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _bytes_feature(values):
-    return _field(1, b"".join(_field(1, v) for v in values))
-
-
-def _int_feature(values):
-    packed = b"".join(_varint(int(v)) for v in values)
-    return _field(3, _field(1, packed) if values else b"")
-
-
-def _float_feature(values):
-    return _field(2, _field(1, struct.pack(f"<{len(values)}f", *values)) if values else b"")
-
-
-def _entry(name, feature):
-    """One ``map<string, Feature>`` entry of ``Features``."""
-    return _field(1, _field(1, name.encode()) + _field(2, feature))
-
-
-class RecordEncoder:
-    """Serializes ``tf.train.Example`` records of the schema; the per-input part is encoded once."""
-
-    _FIELDS = ("image", "format", "height", "width", "channels", "source", "frame_index", "timestamp", "split",
-               "attributes", "schema_version")
-
-    def __init__(self, settings, channels=3, feature_names=schema.FEATURE_NAMES):
-        if set(feature_names) != set(self._FIELDS):
-            raise ValueError(f"the record schema's features {sorted(feature_names)} are not the ones "
-                             f"this encoder writes {sorted(self._FIELDS)}")
-        h, w = settings.size
-        self._static = (_entry("format", _bytes_feature([settings.fmt.encode()])) +
-                        _entry("height", _int_feature([h])) + _entry("width", _int_feature([w])) +
-                        _entry("channels", _int_feature([channels])) +
-                        _entry("schema_version", _int_feature([schema.SCHEMA_VERSION])))
-
-    def prefix(self, source, split, attributes=()):
-        """The fields shared by every record of one input and split."""
-        return (self._static + _entry("source", _bytes_feature([str(source).encode()])) +
-                _entry("split", _bytes_feature([split.encode()])) +
-                _entry("attributes", _int_feature(list(attributes))))
-
-    @staticmethod
-    def encode(prefix, image, frame_index=0, timestamp=0.0):
-        body = (prefix + _entry("image", _bytes_feature([image])) +
-                _entry("frame_index", _int_feature([frame_index])) +
-                _entry("timestamp", _float_feature([timestamp])))
-        return _field(1, body)
-
-
-class TFRecordFile:
-    """One shard being written: TFRecord framing (length, masked CRC32C of length, data, masked CRC32C)."""
-
-    def __init__(self, path, compression=""):
-        self.path, self.count, self.bytes, self.first_key = path, 0, 0, None
-        kind = CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED
-        self._file = FileSystems.create(path, mime_type="application/octet-stream", compression_type=kind)
-
-    def write(self, key, record):
-        header = struct.pack("<Q", len(record))
-        self._file.write(header + struct.pack("<I", schema.masked_crc32c(header)) + record +
-                         struct.pack("<I", schema.masked_crc32c(record)))
-        self.count += 1
-        self.bytes += len(record) + 16
-        if self.first_key is None or key < self.first_key:
-            self.first_key = key
-
-    def close(self):
-        self._file.close()
-        return {"path": self.path, "count": self.count, "bytes": self.bytes, "first_key": self.first_key}
-
-
-# -- per-pixel statistics --------------------------------------------------------------------------------
-class _Moments:
-    """Exact per-pixel count, sum and sum of squares of RGB uint8 pictures.
-
-    Accumulates in uint32 with in-place adds (twice as fast as int64 temporaries) and folds into int64
-    before a sum of squares could overflow (65025 * 66051 > 2**32).
-    """
-
-    _FOLD_EVERY = 60000
-
-    def __init__(self, size):
-        self.count, self.size, self._pending = 0, size, 0
-        self.sum = self.sumsq = self._sum32 = self._sq32 = None
-
-    def add(self, rgb):
-        if self._sum32 is None:
-            self._sum32 = np.zeros(rgb.shape, np.uint32)
-            self._sq32 = np.zeros(rgb.shape, np.uint32)
-            self.sum = np.zeros(rgb.shape, np.int64)
-            self.sumsq = np.zeros(rgb.shape, np.int64)
-        np.add(self._sum32, rgb, out=self._sum32, casting="unsafe")
-        square = rgb.astype(np.uint16)
-        square *= square
-        np.add(self._sq32, square, out=self._sq32, casting="unsafe")
-        self.count += 1
-        self._pending += 1
-        if self._pending >= self._FOLD_EVERY:
-            self._fold()
-
-    def _fold(self):
-        if self._pending:
-            self.sum += self._sum32
-            self.sumsq += self._sq32
-            self._sum32[...] = 0
-            self._sq32[...] = 0
-            self._pending = 0
-
-    def value(self):
-        self._fold()
-        return (self.count, self.sum, self.sumsq)
-
-
-class MomentsFn(beam.CombineFn):
-    """Sums (count, sum, sumsq) triples; the empty result is count 0 with zero arrays."""
-
-    def __init__(self, size, channels=3):
-        self.shape = tuple(size) + (channels,)
-
-    def create_accumulator(self):
-        return (0, None, None)
-
-    def add_input(self, acc, value):
-        return self.merge_accumulators([acc, value])
-
-    def merge_accumulators(self, accumulators):
-        count, total, squares = 0, None, None
-        for c, s, q in accumulators:
-            if not c:
-                continue
-            count += c
-            total = s.copy() if total is None else total + s
-            squares = q.copy() if squares is None else squares + q
-        return (count, total, squares)
-
-    def extract_output(self, acc):
-        count, total, squares = acc
-        if total is None:
-            total, squares = np.zeros(self.shape, np.int64), np.zeros(self.shape, np.int64)
-        return (count, total, squares)
-
-
-# -- the DoFns ------------------------------------------------------------------------------------------
-class _Encode:
-    """Fitting and encoding shared by the decoders (pictures arrive as BGR for OpenCV)."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        if settings.fmt == "png":
-            # The "up" filter with run-length zlib: 2-2.5x faster than libpng's adaptive filters with
-            # deflate, within a few % of their size (measured on testsrc2 and mandelbrot frames).
-            self.ext, self.params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, settings.png_level,
-                                             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-                                             cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-        else:
-            self.ext, self.params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, settings.quality]
-
-    def __call__(self, bgr):
-        ok, data = cv2.imencode(self.ext, bgr, self.params)
-        if not ok:
-            raise RuntimeError(f"OpenCV could not encode a {bgr.shape} picture as {self.ext}")
-        return data.tobytes()
-
-
-def _skip(counter, path, reason):
-    counter.inc()
-    log.warning("skipping %s: %s", path, reason)
-    return beam.pvalue.TaggedOutput("report", ("skip", path, reason))
-
-
-class PlanFilm(beam.DoFn):
-    """Film input -> its time segments (work items), plus a report of the film's facts."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.bad = Metrics.counter(_NAMESPACE, "bad_inputs")
-        self.segments = Metrics.counter(_NAMESPACE, "film_segments")
-
-    def process(self, item):
-        if not storage.is_url(item.path):
-            yield from self._plan(item, item.path)
-            return
-        # A remote film: probed and scanned for keyframes here, in a local copy that this worker's decoders
-        # of the film's segments may reuse.
-        try:
-            local = storage.films.acquire(item.path, item.size)
-        except OSError as e:
-            yield _skip(self.bad, item.path, f"cannot read ({e})")
-            return
-        try:
-            yield from self._plan(item, local)
-        finally:
-            storage.films.release(item.path, item.size)
-
-    def _plan(self, item, local):
-        """``local``: the film's path, or the path of its local copy."""
-        s = self.settings
-        if _is_text(local):
-            # ffmpeg's "tty" demuxer would happily render a text file as a film of ANSI art.
-            yield _skip(self.bad, item.path, "not media (a text file)")
-            return
-        try:
-            info = media.probe(local, s.stall_seconds)
-        except media.MediaError as e:
-            yield _skip(self.bad, item.path, str(e).replace(f"{local}: ", "", 1))
-            return
-        tb = info.time_base
-        # Frames lo..hi-1 lie in [start, end) seconds from the first frame.
-        lo = bisect.bisect_left(info.pts, info.pts[0] + Fraction(str(s.start)) / tb) if s.start > 0 else 0
-        hi = (bisect.bisect_left(info.pts, info.pts[0] + Fraction(str(s.end)) / tb)
-              if s.end is not None else info.num_frames)
-        facts = {"kind": "film", "size": item.size, "mtime": item.mtime, "num_frames": info.num_frames,
-                 "fps": f"{info.fps.numerator}/{info.fps.denominator}", "vfr": info.vfr,
-                 "duration": info.duration, "width": info.width, "height": info.height,
-                 "video_codec": info.video_codec, "audio_codec": info.audio_codec,
-                 "coded_size": [info.coded_width, info.coded_height], "sar": str(info.sar),
-                 "rotation": info.rotation, "field_order": info.field_order, "pix_fmt": info.pix_fmt,
-                 "start_time": info.start_time, "probe": info.probe_method,
-                 "deinterlaced": info.interlaced and s.deinterlace == "auto"}
-        if lo >= hi:
-            yield beam.pvalue.TaggedOutput("report", ("facts", item.path, facts))
-            yield _skip(self.bad, item.path, f"no frames between {s.start} s and {s.end} s")
-            return
-        blocks = validation_blocks(os.path.basename(item.path), info.duration, s.validation_block,
-                                   s.validation_fraction, (float((p - info.pts[0]) * tb) for p in info.pts))
-        ranges = media.keyframe_segments(info, info.keyframes, s.segment_seconds, lo, hi)
-        facts.update(keyframes=len(info.keyframes), segments=len(ranges))
-        yield beam.pvalue.TaggedOutput("report", ("facts", item.path, facts))
-        if info.gaps:
-            # Frames the container itself lost (a damaged stretch the demuxer skipped): reported like the
-            # frames a decoder cannot give.
-            yield beam.pvalue.TaggedOutput("report", ("lost", item.path, {
-                "frames": sum(g[2] for g in info.gaps), "from": round(info.gaps[0][0], 3),
-                "to": round(info.gaps[-1][1], 3)}))
-        log.info("%s: %d frames, %s fps, %.1f s: %d segment%s", item.path, info.num_frames, facts["fps"],
-                 info.duration, len(ranges), "" if len(ranges) == 1 else "s")
-        for number, (a, b) in enumerate(ranges, 1):
-            # Ship only this segment's timestamps (and the one before, for seeking and --fps): memory per
-            # work item stays small however long the film is.
-            window = _PtsWindow(info.pts, max(0, a - 1), b)
-            self.segments.inc()
-            yield {"path": item.path, "size": item.size,
-                   "info": dataclasses.replace(info, path=item.path, pts=window, keyframes=(), gaps=()),
-                   "start": a, "stop": b, "first": lo, "blocks": blocks, "number": number, "of": len(ranges)}
-
-
-def _is_text(path):
-    """True when the file starts with a few KB of UTF-8 text and no NUL byte (no film container does)."""
+    new, celebas, bad_roots = _load_celeba(new, (old or {}).get("attribute_names") if config.incremental else None)
+    skipped += bad_roots
+    if not new:
+        raise CadlError(f"{output}: no records: every input was skipped ({len(bad_roots)} bad; reasons above)")
+    _check_space(output, config, new, celebas)
+    result = _run_pipeline(settings, new, celebas)
+    # Published as one unit (see pipelines.manifest): shards and moments under new names, then the manifest's
+    # switch. A failure before it removes what this run wrote (``written``) and leaves the old dataset as it was.
+    written = []
     try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
+        manifest, run_skipped, new_files = _finalize(config, header, old, new, result, output, skipped, written)
+    except BaseException:
+        for path in written:  # only this run's files, under names no old file has
+            with contextlib.suppress(Exception):
+                storage.delete(path)
+        raise
+    finally:
+        storage.remove_tree(settings.tmp_dir)
+    skipped += run_skipped
+    splits_new = {}
+    for f in new_files:
+        splits_new[f["split"]] = splits_new.get(f["split"], 0) + f["count"]
+    summary.update(
+        inputs_extracted=sum(1 for i in new if i.path in manifest["sources"]),
+        inputs_bad=len(bad_roots) + len([s for s in run_skipped if s["input"] in {i.path for i in new}]),
+        records_new=sum(splits_new.values()), splits_new=splits_new,
+        shards_new=[f["name"] for f in new_files], skipped=skipped,
+        records_total=mf.counts(manifest)["total"], splits=_splits(manifest), runner=result["runner"],
+        seconds=round(time.time() - started, 3))
+    _write_summary(output, summary)
+    log.info("%s: %d new records (%s) from %d inputs in %.1f s; %d skipped", output, summary["records_new"],
+             ", ".join(f"{k} {v}" for k, v in splits_new.items()), summary["inputs_extracted"],
+             summary["seconds"], summary["inputs_bad"])
+    return summary
+
+
+def _check_space(output, config, new, celebas):
+    """Refuse up front when the records whose number is known before decoding (stills, CelebA pictures;
+    a film's frames are only counted by the workers) clearly will not fit: estimated at half the raw pixels
+    for PNG and a sixteenth for JPEG, so only a run that cannot fit is refused."""
+    if storage.is_url(output):
+        return
+    count = sum(1 for i in new if i.kind == "image") + sum(len(d.names) for d in celebas.values())
+    h, w = config.size
+    need = count * h * w * 3 // (2 if config.format == "png" else 16)
+    free = shutil.disk_usage(output).free
+    if need > free:
+        raise CadlError(f"{output}: not enough space: {count} records at {h}x{w} need about {need / 2**20:.1f} MiB, "
+                        f"{free / 2**20:.1f} MiB are free; nothing was written")
+
+
+def _splits(manifest):
+    return {k: v for k, v in mf.counts(manifest).items() if k != "total"}
+
+
+def _write_summary(output, summary):
+    storage.write_json(storage.join(output, "summary.json"), summary)
+
+
+def _load_celeba(new, known_attributes):
+    """Read the text files of each new CelebA root now, so a broken one is skipped like any bad input.
+    Returns (inputs still to extract, {root: CelebA}, [skipped entries])."""
+    from pipelines.celeba import CelebA
+
+    keep, datasets, bad = [], {}, []
+    attribute_names = list(known_attributes or [])
+    for item in new:
+        if item.kind != "celeba":
+            keep.append(item)
+            continue
+        try:
+            dataset = CelebA(item.path)
+            if not dataset.names:
+                raise CadlError(f"{dataset.store}: no images")
+            names = dataset.attribute_names
+            _ = dataset.partition
+        except CadlError as e:
+            reason = str(e)
+        else:
+            if names and attribute_names and names != attribute_names:
+                reason = "its attribute names differ from the dataset's (or another CelebA root's)"
+            else:
+                attribute_names = attribute_names or names
+                datasets[item.path] = dataset
+                keep.append(item)
+                continue
+        log.warning("skipping %s: %s", item.path, reason)
+        bad.append({"input": item.path, "reason": reason})
+    return keep, datasets, bad
+
+
+def _run_pipeline(settings, new, celebas):
+    import apache_beam as beam
+
+    from pipelines import extract_beam
+
+    films = [i for i in new if i.kind == "film"]
+    images = [i for i in new if i.kind == "image"]
+    batches, attribute_names = [], []
+    for item in (i for i in new if i.kind == "celeba"):
+        dataset = celebas[item.path]
+        attribute_names = attribute_names or dataset.attribute_names
+        batches += extract_beam.celeba_batches(dataset)
+    log.info("extracting %d films, %d images, %d CelebA roots at %s (%s)", len(films), len(images),
+             len(new) - len(films) - len(images), geometry.format_size(settings.config.size), settings.config.fit)
+    options, runner = extract_beam.pipeline_options(settings.config.beam_args)
+    # A worker's failure comes back as the exception raised here; Beam's own log and print of it (a
+    # traceback per bundle, hundreds of lines) only say it again: its error records are dropped, its prints
+    # held back and shown unless the failure is one that becomes a single line (a full disk).
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(_drop_beam_errors)
+    printed = io.StringIO()
+    extract_beam.CANCELLED.clear()
+    try:  # from the work folder's creation on: an interrupt while Beam builds the graph cleans up too
+        storage.makedirs(settings.tmp_dir)
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        records = pipeline | "Extract" >> extract_beam.ExtractRecords(settings, films, images, batches)
+        _ = records | "Write" >> extract_beam.WriteDataset(settings)
+        with contextlib.redirect_stderr(printed):
+            state = pipeline.run().wait_until_finish()
+    except BaseException as e:  # Ctrl-C and SIGTERM too: no run leaves its work folder behind
+        extract_beam.CANCELLED.set()
+        # Beam's worker threads, still tearing down, print their tracebacks straight to sys.stderr: from
+        # now on only this thread speaks there (its one line about what went wrong).
+        sys.stderr = _MainThreadOnly(sys.stderr)
+        _remove_settled(settings.tmp_dir)
+        if not (no_space(e) or isinstance(e, KeyboardInterrupt)):  # (workers' tracebacks of the teardown)
+            sys.stderr.write(printed.getvalue())
+        raise
+    else:
+        sys.stderr.write(printed.getvalue())
+    finally:
+        if not extract_beam.CANCELLED.is_set():  # interrupted: workers still tearing down would log their errors
+            for handler in handlers:
+                handler.removeFilter(_drop_beam_errors)
+        storage.films.clear()  # copies of remote films made by workers in this process
+    report, moments = extract_beam.read_results(settings.tmp_dir, settings.config.size)
+    return {"report": extract_beam.tally(report), "moments": moments, "attribute_names": attribute_names,
+            "state": str(state), "runner": type(runner).__name__ if runner else options.get_all_options()["runner"]}
+
+
+class _MainThreadOnly:
+    """A text stream that passes on what the main thread writes and drops what other threads write."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        if threading.current_thread() is threading.main_thread():
+            return self._stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _remove_settled(folder, quiet=1.5, limit=10.0):
+    """Remove ``folder`` until it has stayed gone for ``quiet`` seconds (a worker thread finishing its bundle
+    may create it again once), for at most ``limit`` seconds."""
+    deadline, gone_since = time.monotonic() + limit, None
+    while time.monotonic() < deadline:
+        if storage.exists(folder):
+            storage.remove_tree(folder)
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= quiet:
+            return
+        time.sleep(0.05)
+
+
+def _drop_beam_errors(record):
+    from pipelines import extract_beam
+
+    if record.name.startswith("apache_beam") and extract_beam.CANCELLED.is_set():
+        return False  # an interrupted run's workers tearing down: their complaints say nothing new
+    return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
+
+
+def _finalize(config, header, old, new, result, output, problems, written):
+    """Rename the parts into shards, build and write the manifest, mean/std images. Returns
+    (manifest, skipped this run, [new file dicts])."""
+    report = result["report"]
+    counts, bad, partial, lost = report["counts"], report["bad"], report["partial"], report["lost"]
+    if not any(counts.values()):
+        raise CadlError(f"{output}: no records: every input was skipped ({len(bad) + len(partial)} bad; "
+                        "reasons above)")
+
+    # Names no file of the old dataset has: until the manifest switches, the old dataset stays as it was.
+    tag = mf.run_tag(old, storage.listdir(output) if old else ())
+    new_files = []
+    for split in schema.SPLITS:
+        group = sorted(report["parts"].get(split, []),
+                       key=lambda p: (p.get("shard", 0), p["first_key"] or "", p["path"]))
+        group = [p for p in group if p["count"]]
+        for i, part in enumerate(group):
+            name = schema.shard_name(split, i, len(group), compressed=header["compression"] == "GZIP", tag=tag)
+            storage.rename(part["path"], storage.join(output, name))
+            written.append(storage.join(output, name))
+            new_files.append({"name": name, "split": split, "count": part["count"], "bytes": part["bytes"]})
+
+    sources_entry, skipped = {}, []
+    for item in new:
+        n = counts.get(item.path, 0)
+        if n:
+            entry = mf.source_entry(item, n, report["facts"].get(item.path))
+            if item.path in lost:
+                # Damage is reported once per film: where, and how much, whatever the segments saw.
+                entry["lost_frames"] = lost[item.path]
+                entry["damaged"] = partial.get(item.path) or "frames that could not be decoded"
+                log.warning("%s: damaged: %d frames between %.3f s and %.3f s are missing or cannot be decoded; "
+                            "kept the %d records it has", item.path, lost[item.path]["frames"], lost[item.path]["from"],
+                            lost[item.path]["to"], n)
+            elif item.path in partial:
+                entry["damaged"] = partial[item.path]
+                log.warning("%s: kept the %d frames it has (%s)", item.path, n, partial[item.path])
+            sources_entry[item.path] = entry
+        elif item.kind != "celeba" or item.path in bad:
+            reason = bad.get(item.path) or partial.get(item.path) or "gave no records"
+            skipped.append({"input": item.path, "reason": reason})
+    # Bad pictures inside a CelebA root are named "<root>/<name>": listed, but the root is the input.
+    new_paths = {i.path for i in new}
+    skipped += [{"input": k, "reason": v} for k, v in sorted(bad.items()) if k not in new_paths]
+    if skipped:
+        log.warning("skipped %d bad inputs", len(skipped))
+
+    moments = {"count": result["moments"]["count"], "sum": result["moments"]["sum"].astype("int64"),
+               "sumsq": result["moments"]["sumsq"].astype("int64")}
+    for f in new_files:
+        f["bytes"] = _size(storage.join(output, f["name"]), f["bytes"])
+    manifest = mf.build(header, new_files, sources_entry, problems + skipped, result["attribute_names"],
+                        config.options_record(), tag, len(new))
+    if config.incremental and old:
+        moments = mf.add_moments(mf.read_moments(output, *config.size, manifest=old), moments)
+        manifest = mf.merge(old, manifest)
+    manifest.update(mf.write_moments(output, moments, tag, written))
+    mf.write(output, manifest)  # the switch: the one step that changes what the folder holds
+    written.clear()
+    owned.mark(output, "dataset")
+    if old:
+        # The new manifest is in place: files only the old one named are garbage now.
+        mf.delete_unlisted(output, old, manifest)
+    return manifest, skipped, new_files
+
+
+def _size(path, fallback):
+    try:
+        return storage.size(path)
     except OSError:
-        return False
-    if not head or b"\0" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return e.start >= len(head) - 3  # a multi-byte character cut at the end of the block
-    return True
-
-
-class _PtsWindow:
-    """The timestamps ``pts[lo:hi]`` of a film (plus ``pts[0]``), indexed by absolute frame index: what
-    ``media.read_frames`` needs to decode frames lo+1..hi-1 with their true indices."""
-
-    def __init__(self, pts, lo, hi):
-        self.n, self.lo, self.first, self.values = len(pts), lo, pts[0], tuple(pts[lo:hi])
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            start, stop, step = i.indices(self.n)
-            if start < self.lo or stop > self.lo + len(self.values):
-                raise IndexError(f"frames {start}..{stop} are outside this segment's window")
-            return self.values[start - self.lo:stop - self.lo:step]
-        if i < 0:
-            i += self.n
-        if i == 0:
-            return self.first
-        if not self.lo <= i < self.lo + len(self.values):
-            raise IndexError(f"frame {i} is outside this segment's window")
-        return self.values[i - self.lo]
-
-
-def _selected(segment, settings):
-    """Indices of the segment's frames that the sampling options keep."""
-    info, first = segment["info"], segment["first"]
-    indices = range(segment["start"], segment["stop"])
-    if settings.fps:
-        rate, tb, origin = Fraction(str(settings.fps)), info.time_base, info.pts[0]
-
-        def tick(i):
-            return math.floor((info.pts[i] - origin) * tb * rate)
-        return {i for i in indices if i == first or tick(i) != tick(i - 1)}
-    if settings.every > 1:
-        return {i for i in indices if (i - first) % settings.every == 0}
-    return None  # every frame
-
-
-class DecodeFilmSegment(beam.DoFn):
-    """One film segment -> records (split, key, serialized Example); reports its count and moments."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.records = Metrics.counter(_NAMESPACE, "records")
-        self.failed = Metrics.counter(_NAMESPACE, "failed_segments")
-
-    def setup(self):
-        self.encoder = RecordEncoder(self.settings)
-        self.encode = _Encode(self.settings)
-
-    def process(self, segment):
-        path = segment["path"]
-        if not storage.is_url(path):
-            yield from self._decode(segment, segment["info"])
-            return
-        try:
-            local = storage.films.acquire(path, segment.get("size"))
-        except OSError as e:
-            self.failed.inc()
-            log.warning("%s: cannot read (%s)", path, e)
-            yield beam.pvalue.TaggedOutput("report", ("segment_error", path, f"cannot read ({e})"))
-            yield beam.pvalue.TaggedOutput("report", ("count", path, 0))
-            return
-        try:
-            yield from self._decode(segment, dataclasses.replace(segment["info"], path=local))
-        finally:
-            storage.films.release(path, segment.get("size"))
-
-    def _decode(self, segment, info):
-        """``info.path``: the film, or its local copy; records name ``segment["path"]``."""
-        s, path = self.settings, segment["path"]
-        keep = _selected(segment, s)
-        prefixes = {split: self.encoder.prefix(path, split) for split in ("train", "validation")}
-        blocks, moments, count = segment["blocks"], _Moments(s.size), 0
-        decoded = []   # indices the decoder gave: what it could not give is reported as lost
-        try:
-            for index, timestamp, rgb in media.read_frames(info.path, s.size, s.fit, segment["start"],
-                                                           segment["stop"], info=info, threads=s.decoder_threads,
-                                                           deinterlace=s.deinterlace,
-                                                           stall_seconds=s.stall_seconds):
-                decoded.append(index)
-                if keep is not None and index not in keep:
-                    continue
-                split = "validation" if blocks and int(timestamp // s.validation_block) in blocks else "train"
-                image = self.encode(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-                moments.add(rgb)
-                count += 1
-                yield split, f"{path}\t{index:010d}", RecordEncoder.encode(prefixes[split], image, index, timestamp)
-        except media.MediaError as e:
-            # A damaged stretch of film (truncated file, corrupt GOP): the rest of the film still counts.
-            self.failed.inc()
-            reason = str(e).replace(f"{info.path}: ", "", 1)
-            log.warning("%s: %s", path, reason)
-            yield beam.pvalue.TaggedOutput("report", ("segment_error", path, reason))
-        lost = lost_frames(info, segment["start"], segment["stop"], decoded)
-        if lost:
-            yield beam.pvalue.TaggedOutput("report", ("lost", path, lost))
-        self.records.inc(count)
-        log.info("%s: segment %d/%d done (frames %d-%d, %d records)", os.path.basename(path), segment["number"],
-                 segment["of"], segment["start"], segment["stop"] - 1, count)
-        yield beam.pvalue.TaggedOutput("report", ("count", path, count))
-        if count:
-            yield beam.pvalue.TaggedOutput("moments", moments.value())
-
-
-def lost_frames(info, start, stop, decoded):
-    """{"frames": N, "from": seconds, "to": seconds} for the frames of [start, stop) the decoder did not give
-    (``decoded``: the indices it gave, in order), or None when it gave them all."""
-    if len(decoded) == stop - start:
-        return None
-    got = set(decoded)
-    missing = [i for i in range(start, stop) if i not in got]
-    return {"frames": len(missing), "from": round(info.timestamp(missing[0]), 3),
-            "to": round(info.timestamp(missing[-1]), 3)}
-
-
-def merge_lost(a, b):
-    """One film's lost-frame reports from several segments, as one."""
-    if not a:
-        return b
-    return {"frames": a["frames"] + b["frames"], "from": min(a["from"], b["from"]), "to": max(a["to"], b["to"])}
-
-
-class DecodeStills(beam.DoFn):
-    """A batch of stills -> records. Element: {"kind": "image", "items": [Input, ...]} or
-    {"kind": "celeba", "root": path, "start": i, "stop": j, "total": n} (images i..j-1 of n, by name)."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.records = Metrics.counter(_NAMESPACE, "records")
-        self.bad = Metrics.counter(_NAMESPACE, "bad_inputs")
-
-    def setup(self):
-        self.encoder = RecordEncoder(self.settings)
-        self.encode = _Encode(self.settings)
-        self.stores = {}
-        # A bad picture is reported once, as a skipped input; OpenCV's own warnings would only repeat it.
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-
-    def teardown(self):
-        for store in getattr(self, "stores", {}).values():
-            store.close()
-
-    def process(self, batch):
-        s = self.settings
-        moments, counts = _Moments(s.size), {}
-        if batch["kind"] == "celeba":
-            root = batch["root"]
-            store = self.stores.get(root) or self.stores.setdefault(root, CelebA(root))
-            if len(store.names) != batch["total"]:
-                raise RuntimeError(f"{root}: CelebA changed while it was being extracted")
-            factor = 0.8 if s.crop_factor is None else s.crop_factor
-            work = [(f"{root}/{name}", name, root, split, attrs, lambda n=name: store.read(n))
-                    for name, split, attrs in celeba_items(store, batch["start"], batch["stop"],
-                                                           s.validation_fraction)]
-        else:
-            factor = 1.0 if s.crop_factor is None else s.crop_factor
-            work = [(item.path, item.path, item.path, still_split(item.rel, s.validation_fraction), (),
-                     lambda p=item.path: storage.read_bytes(p)) for item in batch["items"]]
-        for where, source, owner, split, attrs, read in work:
-            try:
-                data = read()
-            except OSError as e:
-                yield _skip(self.bad, where, f"cannot read ({e.strerror or e})")
-                continue
-            except (CadlError, zipfile.BadZipFile, zlib.error, EOFError) as e:
-                # A damaged member of CelebA's zip (bad CRC, broken deflate data) or a picture gone since the
-                # listing: that picture is skipped, not the job.
-                yield _skip(self.bad, where, f"cannot read ({e})")
-                continue
-            bgr, reason = decode_still(data)
-            if bgr is None:
-                yield _skip(self.bad, where, reason)
-                continue
-            if factor < 1:
-                bgr = geometry.center_crop_factor(bgr, factor)
-            bgr = np.ascontiguousarray(geometry.fit_image(bgr, s.size, s.fit))
-            moments.add(bgr[..., ::-1])
-            counts[owner] = counts.get(owner, 0) + 1
-            yield split, f"{source}\t{0:010d}", RecordEncoder.encode(
-                self.encoder.prefix(source, split, attrs), self.encode(bgr))
-        log.info("stills: batch %s/%s done (%d records)", batch.get("number", "?"), batch.get("of", "?"),
-                 sum(counts.values()))
-        for owner, n in counts.items():
-            self.records.inc(n)
-            yield beam.pvalue.TaggedOutput("report", ("count", owner, n))
-        if moments.count:
-            yield beam.pvalue.TaggedOutput("moments", moments.value())
-
-
-def decode_still(data):
-    """Encoded picture -> (BGR uint8 array, None) or (None, reason it cannot be used)."""
-    if not data:
-        return None, "empty file"
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        return None, "not a readable image"
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
-        # libjpeg fills a cut-off JPEG with grey and only warns: refuse it rather than train on the grey.
-        return None, "truncated JPEG (no end-of-image marker)"
-    return bgr, None
-
-
-class WriteShards(beam.DoFn):
-    """Records -> temp shard files of about ``shard_bytes``, one open file per split per bundle; each closed
-    file is reported as a "part" when its bundle finishes (so a retried bundle's files are never counted)."""
-
-    def __init__(self, settings):
-        self.settings = settings
-
-    def start_bundle(self):
-        self.open, self.parts = {}, []
-
-    def process(self, element):
-        split, key, record = element
-        shard = self.open.get(split)
-        if shard is not None and shard.bytes >= self.settings.shard_bytes:
-            self.parts.append((split, shard.close()))
-            shard = None
-        if shard is None:
-            shard = self.open[split] = _new_shard(self.settings, split)
-        shard.write(key, record)
-
-    def finish_bundle(self):
-        for split, shard in self.open.items():
-            self.parts.append((split, shard.close()))
-        for split, part in self.parts:
-            yield GlobalWindows.windowed_value(("part", split, part))
-        self.open, self.parts = {}, []
-
-
-def _new_shard(settings, split):
-    if CANCELLED.is_set():
-        return _Discard()
-    return TFRecordFile(FileSystems.join(settings.tmp_dir, f"{split}-{uuid.uuid4().hex}{settings.suffix}"),
-                        settings.compression)
-
-
-class WriteShardGroup(beam.DoFn):
-    """((split, shard), [(key, record), ...]) -> one temp shard, records sorted by key."""
-
-    def __init__(self, settings):
-        self.settings = settings
-
-    def process(self, element):
-        (split, shard_index), records = element
-        shard = _new_shard(self.settings, split)
-        for key, record in sorted(records):
-            shard.write(key, record)
-        part = shard.close()
-        part["shard"] = shard_index
-        yield "part", split, part
-
-
-class WriteFile(beam.DoFn):
-    """Writes its single input into ``path`` (JSON for the report, .npz for the moments)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def process(self, value):
-        if self.path.endswith(".npz"):
-            import io
-            buffer = io.BytesIO()
-            count, total, squares = value
-            np.savez(buffer, count=np.int64(count), sum=total, sumsq=squares)
-            data = buffer.getvalue()
-        else:
-            data = json.dumps(value, sort_keys=True).encode()
-        if CANCELLED.is_set():
-            return
-        with FileSystems.create(self.path) as f:
-            f.write(data)
-
-
-# -- the pipeline ----------------------------------------------------------------------------------------
-class ExtractRecords(beam.PTransform):
-    """PBegin -> (records, reports, moments) for the given inputs (``sources.Input``) and CelebA batches."""
-
-    def __init__(self, settings, films=(), images=(), celeba_batches=()):
-        super().__init__()
-        self.settings, self.films, self.images, self.celeba_batches = settings, list(films), list(images), \
-            list(celeba_batches)
-
-    def expand(self, pbegin):
-        s, records, reports, moments = self.settings, [], [], []
-        if self.films:
-            # Create already reshuffles its elements (when there are several), spreading films over workers.
-            planned = (pbegin | "Films" >> beam.Create(self.films)
-                       | "Plan segments" >> beam.ParDo(PlanFilm(s)).with_outputs("report", main="segments"))
-            decoded = (planned.segments
-                       | "Spread segments" >> beam.Reshuffle()
-                       | "Decode segments" >> beam.ParDo(DecodeFilmSegment(s)).with_outputs(
-                           "report", "moments", main="records"))
-            records.append(decoded.records)
-            reports += [planned.report, decoded.report]
-            moments.append(decoded.moments)
-        batches = [{"kind": "image", "items": self.images[i:i + STILLS_PER_ITEM]}
-                   for i in range(0, len(self.images), STILLS_PER_ITEM)] + list(self.celeba_batches)
-        batches = [dict(b, number=i, of=len(batches)) for i, b in enumerate(batches, 1)]
-        if batches:
-            stills = (pbegin | "Still batches" >> beam.Create(batches)
-                      | "Decode stills" >> beam.ParDo(DecodeStills(s)).with_outputs("report", "moments",
-                                                                                   main="records"))
-            records.append(stills.records)
-            reports.append(stills.report)
-            moments.append(stills.moments)
-        flat = lambda pcolls, label: pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()
-        return flat(records, "All records"), flat(reports, "All reports"), flat(moments, "All moments")
-
-
-class WriteDataset(beam.PTransform):
-    """(records, reports, moments) -> temp shards + ``report.json`` + ``moments.npz`` in ``settings.tmp_dir``."""
-
-    def __init__(self, settings):
-        super().__init__()
-        self.settings = settings
-
-    def expand(self, pcolls):
-        records, reports, moments = pcolls
-        s = self.settings
-        if s.num_shards > 0:
-            n = s.num_shards
-            parts = (records
-                     | "Key by shard" >> beam.Map(lambda r: ((r[0], int(unit_hash(r[1]) * n)), (r[1], r[2])))
-                     | "Group shards" >> beam.GroupByKey()
-                     | "Write shards" >> beam.ParDo(WriteShardGroup(s)))
-        else:
-            parts = records | "Write shards" >> beam.ParDo(WriteShards(s))
-        (((reports, parts) | "Reports and parts" >> beam.Flatten())
-         | "Collect report" >> beam.combiners.ToList()
-         | "Write report" >> beam.ParDo(WriteFile(FileSystems.join(s.tmp_dir, REPORT))))
-        (moments
-         | "Sum moments" >> beam.CombineGlobally(MomentsFn(s.size))
-         | "Write moments" >> beam.ParDo(WriteFile(FileSystems.join(s.tmp_dir, MOMENTS))))
-        return parts
-
-
-def celeba_batches(dataset, per_item=256):
-    """CelebA(root) -> work items of ``per_item`` images, as index ranges into ``dataset.names``: workers read
-    the names, partition and attributes themselves, so the pipeline's graph stays small (no 200,000-row
-    Create, which remote runners limit)."""
-    n = len(dataset.names)
-    return [{"kind": "celeba", "root": dataset.root, "start": i, "stop": min(n, i + per_item), "total": n}
-            for i in range(0, n, per_item)]
-
-
-def celeba_items(dataset, start, stop, fraction):
-    """(name, split, attributes) for images start..stop-1: the official partition when present, else a hash of
-    the name like image folders."""
-    partition, attributes = dataset.partition, dataset.attributes
-    out = []
-    for name in dataset.names[start:stop]:
-        split = partition.get(name) if partition else None
-        out.append((name, split or still_split(name, fraction), tuple(attributes.get(name, ()))))
-    return out
-
-
-def read_results(tmp_dir, size):
-    """The pipeline's report (list of tuples) and moments dict, read back by the driver."""
-    with FileSystems.open(FileSystems.join(tmp_dir, REPORT)) as f:
-        report = [tuple(r) for r in json.loads(f.read().decode())]
-    import io
-    with FileSystems.open(FileSystems.join(tmp_dir, MOMENTS)) as f:
-        with np.load(io.BytesIO(f.read())) as z:
-            moments = {"count": int(z["count"]), "sum": z["sum"], "sumsq": z["sumsq"]}
-    return report, moments
+        return fallback

@@ -26,14 +26,16 @@ read and written through ``pipelines.storage`` (atomically: a temp file, then a 
 import gzip
 import io
 import json
-import struct
+import logging
 
 import cv2
 import numpy as np
 
-from pipelines import schema, storage
+from pipelines import owned, schema, storage
 from pipelines.errors import CadlError
 
+log = logging.getLogger("cadl.manifest")
+tfrecords = schema.tfrecords  # TFRecord framing's home is the schema; the name stays here for its callers
 MEAN_IMAGE = "mean.png"
 STD_IMAGE = "std.png"
 MOMENTS = "moments.npz"
@@ -210,6 +212,47 @@ def merge(old, new):
     return out
 
 
+def build(header, files, sources, skipped, attribute_names, options, tag, inputs):
+    """The manifest of one run's files (``merge`` adds it to an existing dataset's): ``header`` holds
+    schema_version, image and compression; ``files`` the shards it wrote ([{"name", "split", "count", "bytes"}],
+    in shard order); ``sources`` the inputs that gave records (see ``source_entry``); ``skipped`` [{"input",
+    "reason"}]; ``options`` what shaped the records; ``tag`` the run's name tag; ``inputs`` how many it read."""
+    splits = {}
+    for split in schema.SPLITS:
+        names = [f["name"] for f in files if f["split"] == split]
+        if names:
+            splits[split] = {"count": sum(f["count"] for f in files if f["split"] == split), "files": names}
+    manifest = dict(header)
+    manifest.update(splits=splits, sources=sources, skipped=sorted(skipped, key=lambda s: s["input"]),
+                    attribute_names=attribute_names, bytes=sum(f["bytes"] for f in files), options=options,
+                    runs=[{"tag": tag, "inputs": inputs, "records": sum(f["count"] for f in files)}],
+                    shards={f["name"]: {"count": f["count"], "bytes": f["bytes"]} for f in files})
+    return manifest
+
+
+def source_entry(item, count, facts=None):
+    """The manifest's entry for input ``item`` (``sources.Input``) that gave ``count`` records: its kind, size
+    and modification time (what --incremental compares) and the facts its workers reported (a film's probe)."""
+    entry = {"kind": item.kind, "size": item.size, "mtime": item.mtime, "count": count}
+    entry.update({k: v for k, v in (facts or {}).items() if k not in entry})
+    return entry
+
+
+def delete_unlisted(folder, old, manifest):
+    """Delete the files only the old manifest names, each only when it lies inside the dataset folder: a
+    manifest is data (a folder may come from someone else) and must not be able to delete anything else."""
+    keep = set(listed_files(manifest)) | set(moment_files(manifest))
+    for name in listed_files(old) + moment_files(old):
+        if name in keep:
+            continue
+        file = owned.member(folder, name)
+        if file is None:
+            log.warning("%s: not deleting %r, which the old manifest lists: it is not a file inside the dataset "
+                        "folder", path(folder), name)
+        elif storage.isfile(file):
+            storage.delete(file)
+
+
 def listed_files(manifest):
     """Every shard file a manifest lists (names relative to its folder)."""
     return [f for split in (manifest or {}).get("splits", {}).values() for f in split.get("files", [])]
@@ -282,7 +325,7 @@ def read_records(folder, split=None):
             for file in files:
                 data = storage.read_bytes(file)
                 data = gzip.decompress(data) if manifest["compression"] == "GZIP" else data
-                out += [schema.decode_record(raw) for raw in tfrecords(data)]
+                out += [schema.decode_record(raw) for raw in schema.tfrecords(data)]
         elif files:
             import tensorflow as tf
 
@@ -290,21 +333,3 @@ def read_records(folder, split=None):
                 out.append(schema.decode_record(raw.numpy()))
     return out
 
-
-def tfrecords(data):
-    """The records of an uncompressed TFRecord file's bytes: (length, masked CRC32C of the length, data, masked
-    CRC32C of the data) each; raises ``ValueError`` at a cut-off record or a wrong checksum."""
-    at = 0
-    while at < len(data):
-        if at + 12 > len(data):
-            raise ValueError(f"a TFRecord header is cut off at byte {at}")
-        (length,) = struct.unpack_from("<Q", data, at)
-        (length_crc,) = struct.unpack_from("<I", data, at + 8)
-        start, at = at + 12, at + 12 + length + 4
-        if at > len(data):
-            raise ValueError(f"a TFRecord of {length} bytes is cut off at byte {start}")
-        record = data[start:start + length]
-        (record_crc,) = struct.unpack_from("<I", data, at - 4)
-        if schema.masked_crc32c(data[start - 12:start - 4]) != length_crc or schema.masked_crc32c(record) != record_crc:
-            raise ValueError(f"the TFRecord at byte {start - 12} fails its checksum")
-        yield record

@@ -16,7 +16,13 @@ One ``tf.train.Example`` per image or video frame:
 A dataset folder holds shards named ``{split}-{shard:05d}-of-{n:05d}.tfrecord`` (``.tfrecord.gz`` when
 GZIP-compressed, possibly with a run tag before the shard number for incremental additions) and a
 ``manifest.json`` that lists them, so the reader never globs.
+
+The record format has this one home: the feature table, ``encode_record`` / ``decode_record`` (TensorFlow's
+protobufs, for the reader and the tests), ``RecordEncoder`` (the same ``tf.train.Example`` wire format written
+directly, so the extraction driver and its Beam workers never import TensorFlow; tests check both give the
+same Example), and TFRecord framing with its masked CRC32C (``TFRecordFile`` writes it, ``tfrecords`` reads it).
 """
+import struct
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "validation", "test")
@@ -25,7 +31,8 @@ MANIFEST = "manifest.json"
 
 # Feature name -> (TensorFlow dtype name, fixed length or None for variable length). The only place feature
 # names live. ``FEATURES`` (with tf.dtypes) is built on first use, so importing this module does not import
-# TensorFlow (~2 s, ~0.6 GB): the extraction driver and its Beam workers need only the names and version.
+# TensorFlow (seconds and most of a gigabyte per process): the extraction driver and its Beam workers need
+# only the names and version.
 _FEATURE_TYPES = {
     "image": ("string", 1),
     "format": ("string", 1),
@@ -148,7 +155,122 @@ def masked_crc32c(data):
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def tfrecords(data):
+    """The records of an uncompressed TFRecord file's bytes: (length, masked CRC32C of the length, data, masked
+    CRC32C of the data) each; raises ``ValueError`` at a cut-off record or a wrong checksum."""
+    at = 0
+    while at < len(data):
+        if at + 12 > len(data):
+            raise ValueError(f"a TFRecord header is cut off at byte {at}")
+        (length,) = struct.unpack_from("<Q", data, at)
+        (length_crc,) = struct.unpack_from("<I", data, at + 8)
+        start, at = at + 12, at + 12 + length + 4
+        if at > len(data):
+            raise ValueError(f"a TFRecord of {length} bytes is cut off at byte {start}")
+        record = data[start:start + length]
+        (record_crc,) = struct.unpack_from("<I", data, at - 4)
+        if masked_crc32c(data[start - 12:start - 4]) != length_crc or masked_crc32c(record) != record_crc:
+            raise ValueError(f"the TFRecord at byte {start - 12} fails its checksum")
+        yield record
+
+
+class TFRecordFile:
+    """One shard being written: TFRecord framing (length, masked CRC32C of length, data, masked CRC32C), through
+    Beam's FileSystems (any filesystem Beam knows; ``compression`` "" or "GZIP")."""
+
+    def __init__(self, path, compression=""):
+        from apache_beam.io.filesystem import CompressionTypes  # on first use: the reader does not need Beam
+        from apache_beam.io.filesystems import FileSystems
+
+        self.path, self.count, self.bytes, self.first_key = path, 0, 0, None
+        kind = CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED
+        self._file = FileSystems.create(path, mime_type="application/octet-stream", compression_type=kind)
+
+    def write(self, key, record):
+        header = struct.pack("<Q", len(record))
+        self._file.write(header + struct.pack("<I", masked_crc32c(header)) + record +
+                         struct.pack("<I", masked_crc32c(record)))
+        self.count += 1
+        self.bytes += len(record) + 16
+        if self.first_key is None or key < self.first_key:
+            self.first_key = key
+
+    def close(self):
+        self._file.close()
+        return {"path": self.path, "count": self.count, "bytes": self.bytes, "first_key": self.first_key}
+
+
 def shard_name(split, shard, num_shards, compressed=False, tag=""):
     """``train-00003-of-00012.tfrecord`` (``tag`` e.g. ``r0002-`` for an incremental addition)."""
     suffix = ".tfrecord.gz" if compressed else ".tfrecord"
     return f"{split}-{tag}{shard:05d}-of-{num_shards:05d}{suffix}"
+
+
+# -- the Example wire format without TensorFlow ------------------------------------------------------------
+def _varint(n):
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number, payload):
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(values):
+    return _field(1, b"".join(_field(1, v) for v in values))
+
+
+def _int_feature(values):
+    packed = b"".join(_varint(int(v)) for v in values)
+    return _field(3, _field(1, packed) if values else b"")
+
+
+def _float_feature(values):
+    return _field(2, _field(1, struct.pack(f"<{len(values)}f", *values)) if values else b"")
+
+
+def _entry(name, feature):
+    """One ``map<string, Feature>`` entry of ``Features``."""
+    return _field(1, _field(1, name.encode()) + _field(2, feature))
+
+
+class RecordEncoder:
+    """Serializes ``tf.train.Example`` records of the schema (the bytes ``encode_record`` gives, without
+    TensorFlow); the per-dataset and per-input parts are encoded once.
+
+    ``size``: (H, W) of every picture; ``fmt``: one of IMAGE_FORMATS."""
+
+    _FIELDS = ("image", "format", "height", "width", "channels", "source", "frame_index", "timestamp", "split",
+               "attributes", "schema_version")
+
+    def __init__(self, size, fmt, channels=3, feature_names=FEATURE_NAMES):
+        if set(feature_names) != set(self._FIELDS):
+            raise ValueError(f"the record schema's features {sorted(feature_names)} are not the ones "
+                             f"this encoder writes {sorted(self._FIELDS)}")
+        if fmt not in IMAGE_FORMATS:
+            raise ValueError(f"image format must be one of {IMAGE_FORMATS}, not {fmt!r}")
+        h, w = size
+        self._static = (_entry("format", _bytes_feature([fmt.encode()])) +
+                        _entry("height", _int_feature([h])) + _entry("width", _int_feature([w])) +
+                        _entry("channels", _int_feature([channels])) +
+                        _entry("schema_version", _int_feature([SCHEMA_VERSION])))
+
+    def prefix(self, source, split, attributes=()):
+        """The fields shared by every record of one input and split."""
+        return (self._static + _entry("source", _bytes_feature([str(source).encode()])) +
+                _entry("split", _bytes_feature([split.encode()])) +
+                _entry("attributes", _int_feature(list(attributes))))
+
+    @staticmethod
+    def encode(prefix, image, frame_index=0, timestamp=0.0):
+        body = (prefix + _entry("image", _bytes_feature([image])) +
+                _entry("frame_index", _int_feature([frame_index])) +
+                _entry("timestamp", _float_feature([timestamp])))
+        return _field(1, body)

@@ -12,7 +12,7 @@ from jobs import extract
 from pipelines import manifest as mf
 from pipelines import media, schema
 from pipelines.errors import CadlError
-from pipelines.extract import validation_blocks
+from pipelines.extract_decode import validation_blocks
 from pipelines.synthetic import make_film
 
 
@@ -133,7 +133,7 @@ def test_image_folder(tmp_path):
     assert all(cv2.imdecode(np.frombuffer(r["image"], np.uint8), cv2.IMREAD_UNCHANGED).shape == (24, 24, 3)
                for r in records)
     # Splits are a hash of the path relative to the folder given: recompute them.
-    from pipelines.extract import still_split
+    from pipelines.extract_decode import still_split
     for r in records:
         assert r["split"] == still_split(os.path.relpath(r["source"], tmp_path / "stills"), 0.4)
     assert summary["inputs_found"] == 7 and summary["inputs_extracted"] == 7 and summary["skipped"] == []
@@ -344,3 +344,63 @@ def test_cadl_extract_command_line(short_film, tmp_path):
     assert lines[-1].startswith(f"{out}: 75 new records") and "Traceback" not in proc.stderr
     assert not [l for l in lines if "channel" in l.lower()]  # no Beam worker chatter
     assert json.loads((out / "summary.json").read_text())["records_total"] == 75
+
+
+# -- the library, without a command line ----------------------------------------------------------------
+def test_extract_from_python_gives_every_decoded_frame_per_split(tmp_path):
+    from pipelines.extract import ExtractConfig, extract as extract_stage
+
+    film = make_film(tmp_path / "lib.mp4", "testsrc2", seconds=9, size=(96, 54), rate="25", audio=False)
+    decoded = media.probe(film).num_frames
+    out = tmp_path / "data"
+    summary = extract_stage(ExtractConfig(inputs=(str(film),), output=str(out), size=(18, 32),
+                                          validation_fraction=0.3, validation_block=1.0, segment_seconds=2.0))
+    manifest = mf.read(out)
+    records = mf.read_records(out)
+    per_split = {}
+    for r in records:
+        per_split[r["split"]] = per_split.get(r["split"], 0) + 1
+    # Every frame ffmpeg decodes is one record, in the split its validation block says, and nothing else.
+    assert len(records) == decoded and sorted(r["frame_index"] for r in records) == list(range(decoded))
+    blocks = validation_blocks(os.path.basename(film), 9.0, 1.0, 0.3,
+                               [r["timestamp"] for r in records])
+    expected_validation = sum(1 for r in records if int(r["timestamp"] // 1.0) in blocks)
+    assert blocks and per_split == {"train": decoded - expected_validation, "validation": expected_validation}
+    assert mf.counts(manifest) == dict(per_split, total=decoded)
+    assert manifest["options"]["size"] == [18, 32] and manifest["options"]["shard_mb"] == 100.0
+    assert summary["splits_new"] == per_split and summary["records_new"] == decoded
+    assert summary["inputs_found"] == summary["inputs_extracted"] == 1 and summary["inputs_bad"] == 0
+    assert summary["inputs_already_extracted"] == 0
+    assert json.loads((out / "summary.json").read_text())["records_total"] == decoded
+
+    again = extract_stage(ExtractConfig(inputs=(str(film),), output=str(out), size=(18, 32),
+                                        validation_fraction=0.3, validation_block=1.0, incremental=True))
+    assert again["inputs_already_extracted"] == 1 and again["inputs_new"] == 0 and again["records_total"] == decoded
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("every", 0, "--every must be >= 1"), ("quality", 0, "--quality must be in 1..100"),
+    ("end", 0.0, "--end must be after --start"), ("size", (0, 64), "--size must be"),
+    ("compression", "zip", "--compression must be none or gzip"),
+])
+def test_a_bad_config_value_is_one_line(tmp_path, field, value, message):
+    from pipelines.extract import ExtractConfig
+
+    with pytest.raises(CadlError) as caught:
+        ExtractConfig(inputs=("x.mp4",), output=str(tmp_path / "data"), **{field: value})
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_job_maps_every_flag_to_the_config():
+    from pipelines.extract import ExtractConfig
+
+    args, beam_args = extract.build_parser().parse_known_args(
+        ["--input", "a", "--input", "b", "--output", "o", "--size", "72x128", "--keep-fields", "--every", "3",
+         "--compression", "gzip", "--shard-mb", "5", "--incremental", "--runner", "DirectRunner"])
+    config = extract.config(args, beam_args)
+    assert config == ExtractConfig(inputs=("a", "b"), output="o", size=(72, 128), deinterlace="off", every=3,
+                                   compression="gzip", shard_mb=5.0, incremental=True,
+                                   beam_args=("--runner", "DirectRunner"))
+    defaults = extract.config(extract.build_parser().parse_args(["--input", "a", "--output", "o"]))
+    assert defaults == ExtractConfig(inputs=("a",), output="o")

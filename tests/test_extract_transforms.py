@@ -12,17 +12,20 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import extract, media, schema, sources
+from pipelines import extract_decode as decode
+from pipelines import media, schema, sources
+from pipelines.extract import ExtractConfig
+from pipelines.extract_beam import WriteShards
+from pipelines.extract_decode import DecodeFilmSegment, DecodeStills, SegmentFilm, Settings
+from pipelines.schema import RecordEncoder, TFRecordFile
 from pipelines.synthetic import make_film
-from pipelines.extract import (DecodeFilmSegment, DecodeStills, PlanFilm, RecordEncoder, Settings, TFRecordFile,
-                               WriteShards)
 
 
 def settings(tmp_path=None, **overrides):
-    base = dict(size=(18, 32), fit="crop", fmt="png", validation_fraction=0.0, segment_seconds=0.5,
-                tmp_dir=str(tmp_path or ""))
+    """The workers' settings for a config of ``overrides`` (ExtractConfig's fields) writing into ``tmp_path``."""
+    base = dict(size=(18, 32), fit="crop", format="png", validation_fraction=0.0, segment_seconds=0.5)
     base.update(overrides)
-    return Settings(**base)
+    return Settings(ExtractConfig(inputs=(), output="", **base), tmp_dir=str(tmp_path or ""))
 
 
 def pipeline():
@@ -37,9 +40,9 @@ def pipeline():
 ])
 @pytest.mark.parametrize("fmt", ["png", "jpeg"])
 def test_encoder_writes_the_schemas_example(values, fmt):
-    s = settings(size=(72, 128), fmt=fmt)
+    s = settings(size=(72, 128), format=fmt)
     image = bytes(range(256)) * 3
-    ours = RecordEncoder.encode(RecordEncoder(s).prefix(values["source"], values["split"], values["attributes"]),
+    ours = RecordEncoder.encode(RecordEncoder(s.config.size, s.config.format).prefix(values["source"], values["split"], values["attributes"]),
                                 image, values["frame_index"], values["timestamp"])
     theirs = schema.encode_record(image, fmt=fmt, height=72, width=128, channels=3, **values)
     assert tf.train.Example.FromString(ours) == tf.train.Example.FromString(theirs)
@@ -53,7 +56,7 @@ def test_encoder_writes_the_schemas_example(values, fmt):
 
 def test_encoder_refuses_a_schema_it_does_not_know():
     with pytest.raises(ValueError, match="features"):
-        RecordEncoder(settings(), feature_names=schema.FEATURE_NAMES + ("depth",))
+        RecordEncoder((18, 32), "png", feature_names=schema.FEATURE_NAMES + ("depth",))
 
 
 @pytest.mark.parametrize("compression", ["", "GZIP"])
@@ -70,20 +73,20 @@ def test_tfrecord_file_is_read_by_tensorflow(tmp_path, compression):
 
 
 def test_split_rules_are_stable():
-    assert 0 <= extract.unit_hash("a", 1) < 1 and extract.unit_hash("a", 1) == extract.unit_hash("a", 1)
-    assert extract.unit_hash("a", 1) != extract.unit_hash("a", 2)
-    shares = [extract.still_split(f"dir/{i}.jpg", 0.25) for i in range(4000)]
+    assert 0 <= decode.unit_hash("a", 1) < 1 and decode.unit_hash("a", 1) == decode.unit_hash("a", 1)
+    assert decode.unit_hash("a", 1) != decode.unit_hash("a", 2)
+    shares = [decode.still_split(f"dir/{i}.jpg", 0.25) for i in range(4000)]
     assert 0.22 < shares.count("validation") / 4000 < 0.28
-    blocks = extract.validation_blocks("film.mp4", 400.0, 4.0, 0.05)
-    assert 1 <= len(blocks) <= 15 and blocks == extract.validation_blocks("film.mp4", 400.0, 4.0, 0.05)
-    assert extract.validation_blocks("film.mp4", 3.0, 4.0, 0.05) <= {0}     # one block: maybe none
-    assert len(extract.validation_blocks("x.mp4", 8.0, 4.0, 1e-9)) == 1    # two blocks: at least one
-    assert extract.validation_blocks("x.mp4", 8.0, 4.0, 0.0) == frozenset()
+    blocks = decode.validation_blocks("film.mp4", 400.0, 4.0, 0.05)
+    assert 1 <= len(blocks) <= 15 and blocks == decode.validation_blocks("film.mp4", 400.0, 4.0, 0.05)
+    assert decode.validation_blocks("film.mp4", 3.0, 4.0, 0.05) <= {0}     # one block: maybe none
+    assert len(decode.validation_blocks("x.mp4", 8.0, 4.0, 1e-9)) == 1    # two blocks: at least one
+    assert decode.validation_blocks("x.mp4", 8.0, 4.0, 0.0) == frozenset()
 
 
 def test_pts_window_answers_like_the_full_list(short_film):
     info = media.probe(short_film)
-    window = extract._PtsWindow(info.pts, 29, 41)
+    window = decode._PtsWindow(info.pts, 29, 41)
     assert len(window) == len(info.pts) and window[0] == info.pts[0]
     assert window[30:41] == info.pts[30:41] and window[29] == info.pts[29] and window[40] == info.pts[40]
     with pytest.raises(IndexError):
@@ -119,11 +122,11 @@ def test_keyframes_and_cheap_segment_starts(gop_film, short_film):
     assert media.keyframe_segments(short, short.keyframes, 0.5, 0, 75) == [(0, 75)]
 
 
-def test_plan_film_covers_the_film_with_segments(gop_film, tmp_path):
+def test_segment_film_covers_the_film_with_segments(gop_film, tmp_path):
     s = settings(tmp_path)
     expected = [(0, 21), (21, 41), (41, 61), (61, 75)]
     with pipeline() as p:
-        planned = p | beam.Create([film_input(gop_film)]) | beam.ParDo(PlanFilm(s)).with_outputs(
+        planned = p | beam.Create([film_input(gop_film)]) | beam.ParDo(SegmentFilm(s)).with_outputs(
             "report", main="segments")
         ranges = planned.segments | beam.Map(lambda seg: (seg["start"], seg["stop"]))
         assert_that(ranges | beam.combiners.ToList() | beam.Map(sorted), equal_to([expected]))
@@ -131,11 +134,11 @@ def test_plan_film_covers_the_film_with_segments(gop_film, tmp_path):
         assert_that(kinds, equal_to([("facts", str(gop_film), 75, 4)]), label="facts")
 
 
-def test_plan_film_counts_bad_films(tmp_path):
+def test_segment_film_counts_bad_films(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x01" * 1000)
     p = pipeline()
-    planned = p | beam.Create([film_input(bad)]) | beam.ParDo(PlanFilm(settings(tmp_path))).with_outputs(
+    planned = p | beam.Create([film_input(bad)]) | beam.ParDo(SegmentFilm(settings(tmp_path))).with_outputs(
         "report", main="segments")
     assert_that(planned.report | beam.Map(lambda r: (r[0], r[1])), equal_to([("skip", str(bad))]))
     assert_that(planned.segments, equal_to([]), label="no segments")
@@ -149,7 +152,7 @@ def test_decode_segments_give_each_frame_once(gop_film, tmp_path):
     s = settings(tmp_path, every=2)
     with pipeline() as p:
         decoded = (p | beam.Create([film_input(gop_film)])
-                   | beam.ParDo(PlanFilm(s)).with_outputs("report", main="segments")).segments \
+                   | beam.ParDo(SegmentFilm(s)).with_outputs("report", main="segments")).segments \
             | beam.Reshuffle() | beam.ParDo(DecodeFilmSegment(s)).with_outputs("report", "moments", main="records")
         keys = decoded.records | beam.Map(lambda r: (r[0], int(r[1].rsplit("\t", 1)[1])))
         assert_that(keys, equal_to([("train", i) for i in range(0, 75, 2)]))
@@ -167,7 +170,7 @@ def test_decode_stills_encodes_and_reports(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8junk")
     items, _ = sources.discover([good, bad])
-    s = settings(tmp_path, fmt="jpeg", quality=80)
+    s = settings(tmp_path, format="jpeg", quality=80)
     with pipeline() as p:
         out = p | beam.Create([{"kind": "image", "items": items}]) | beam.ParDo(DecodeStills(s)).with_outputs(
             "report", "moments", main="records")
@@ -179,7 +182,7 @@ def test_decode_stills_encodes_and_reports(tmp_path):
 
 
 def test_write_shards_rolls_over_and_reports_parts(tmp_path):
-    s = settings(tmp_path, shard_bytes=1000)
+    s = settings(tmp_path, shard_mb=1000 / 2 ** 20)
     records = [("train" if i % 3 else "validation", f"k{i:03d}", bytes([i]) * 300) for i in range(30)]
     with pipeline() as p:
         parts = p | beam.Create(records) | beam.ParDo(WriteShards(s))
@@ -192,11 +195,11 @@ def test_write_shards_rolls_over_and_reports_parts(tmp_path):
 
 
 def test_moments_are_exact_past_the_uint32_fold(monkeypatch):
-    monkeypatch.setattr(extract._Moments, "_FOLD_EVERY", 7)
+    monkeypatch.setattr(decode._Moments, "_FOLD_EVERY", 7)
     rng = np.random.default_rng(3)
     pictures = rng.integers(0, 256, (20, 5, 4, 3), dtype=np.uint8)
     pictures[:10] = 255  # the worst case for the squares
-    moments = extract._Moments((5, 4))
+    moments = decode._Moments((5, 4))
     for p in pictures:
         moments.add(p[..., ::-1][..., ::-1])  # also a non-contiguous view, as the stills path passes
     count, total, squares = moments.value()

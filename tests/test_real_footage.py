@@ -14,7 +14,7 @@ import pytest
 
 import footage
 from pipelines import media
-from pipelines.extract import validation_blocks
+from pipelines.extract_decode import validation_blocks
 
 KINDS = sorted(footage.KINDS)
 
