@@ -13,6 +13,7 @@ import pytest
 
 from jobs import retrain
 from pipelines import manifest as mf
+from pipelines import retrain as retraining
 from pipelines.errors import CadlError
 from pipelines.lock import EXIT_BUSY, LockBusy, PidLock, pid_alive, read_holder
 
@@ -132,14 +133,14 @@ def test_only_one_of_many_racing_processes_takes_a_stale_lock(tmp_path):
 
 # ----------------------------------------------------------------------------------- the gate
 def test_first_model_is_promoted_unless_its_metrics_are_not_finite():
-    assert retrain.decide({"loss": 0.5, "psnr": 20.0}, None)[0] is True
-    promoted, reason = retrain.decide({"loss": float("nan"), "psnr": 20.0}, None)
+    assert retraining.decide({"loss": 0.5, "psnr": 20.0}, None)[0] is True
+    promoted, reason = retraining.decide({"loss": float("nan"), "psnr": 20.0}, None)
     assert promoted is False and "not finite" in reason
 
 
 def test_gate_tolerances():
     current = {"loss": 100.0, "psnr": 20.0}
-    decide = retrain.decide
+    decide = retraining.decide
     assert decide({"loss": 100.0, "psnr": 20.0}, current)[0]            # equal is not worse
     assert decide({"loss": 100.9, "psnr": 19.95}, current, 0.01, 0.1)[0]  # within tolerance
     promoted, reason = decide({"loss": 101.5, "psnr": 20.5}, current, 0.01, 0.1)
@@ -155,7 +156,7 @@ def test_gate_tolerances():
 
 # ------------------------------------------------------------------------------ versions, LATEST
 def test_versions_and_atomic_latest(tmp_path):
-    wd = retrain.Workdir(str(tmp_path))
+    wd = retraining.Workdir(str(tmp_path))
     assert wd.versions() == [] and wd.next_version() == "v0001" and wd.current() is None
     for name in ("v0001", "v0002", "v0010"):
         os.makedirs(os.path.join(wd.models, name))
@@ -177,10 +178,10 @@ def test_fingerprint_changes_with_the_data():
                 "sources": {"/a.mp4": {"size": 1, "mtime": 2.0, "count": 10}}}
     same = json.loads(json.dumps(manifest))
     same["options"] = {"anything": 1}
-    assert retrain.data_fingerprint(manifest) == retrain.data_fingerprint(same)
+    assert retraining.data_fingerprint(manifest) == retraining.data_fingerprint(same)
     more = json.loads(json.dumps(manifest))
     more["sources"]["/b.mp4"] = {"size": 1, "mtime": 2.0, "count": 5}
-    assert retrain.data_fingerprint(manifest) != retrain.data_fingerprint(more)
+    assert retraining.data_fingerprint(manifest) != retraining.data_fingerprint(more)
     assert mf.counts(manifest) == {"train": 10, "total": 10}
 
 
