@@ -2,11 +2,12 @@
 
 1. Generate two short films with the ffmpeg that imageio-ffmpeg ships: a "source" film (``testsrc2``)
    and a "target" film (``mandelbrot``), each with a sine-tone audio track.
-2. ``cadl extract`` the source film into sharded TFRecords (Beam, local runner).
-3. ``cadl train`` the convolutional VAE on those shards for a short CPU budget.
-4. ``cadl render`` the target film through the trained VAE, alone and side by side with the original.
+2. extract the source film into sharded TFRecords (Beam, local runner).
+3. train the convolutional VAE on those shards for a short CPU budget.
+4. render the target film through the trained VAE, alone and side by side with the original.
 
-Every stage is the real job, called through the same ``run(argv)`` that the ``cadl`` command uses.
+Every stage is the real one: the library function (``pipelines.extract.extract``, ``pipelines.training.train``,
+``pipelines.render.render``) that its ``cadl`` command calls, given its config.
 Output (``./cadl-demo`` by default):
 
     films/source.mp4, films/target.mp4        the generated films
@@ -25,7 +26,8 @@ import sys
 import time
 
 import jobs
-from pipelines import atomic
+from pipelines import atomic, geometry
+from pipelines.errors import CadlError
 from pipelines.synthetic import make_film
 
 
@@ -52,6 +54,10 @@ def _stage(number, title):
 
 def run(argv=None):
     args = build_parser().parse_args(argv)
+    try:
+        size = geometry.parse_size(args.size)
+    except ValueError as e:
+        raise CadlError(f"--size: {e}") from None
     out = os.path.abspath(args.out)
     films = os.path.join(out, "films")
     data, run_dir = os.path.join(out, "data"), os.path.join(out, "run")
@@ -76,19 +82,22 @@ def run(argv=None):
                   frequency=660)
     timings["films"] = time.time() - t
 
-    from jobs import extract, render, train  # imported late: TensorFlow and Beam take seconds to load
+    # imported late: TensorFlow and Beam take seconds to load
+    from pipelines.extract import ExtractConfig, extract
+    from pipelines.render import RenderConfig, render
+    from pipelines.training import TrainConfig, train
 
-    t = _stage(2, "cadl extract: source film -> sharded TFRecords (Apache Beam)")
-    extracted = extract.run(["--input", source, "--output", data, "--size", args.size])
+    t = _stage(2, "extract: source film -> sharded TFRecords (Apache Beam)")
+    extracted = extract(ExtractConfig(inputs=(source,), output=data, size=size))
     timings["extract"] = time.time() - t
 
-    t = _stage(3, f"cadl train: convolutional VAE, {args.train_seconds:g} s on the CPU")
-    trained = train.run(["--data", data, "--out", run_dir, "--max-seconds", str(args.train_seconds)])
+    t = _stage(3, f"train: convolutional VAE, {args.train_seconds:g} s on the CPU")
+    trained = train(TrainConfig(data=data, out=run_dir, max_seconds=args.train_seconds))
     timings["train"] = time.time() - t
 
-    t = _stage(4, "cadl render: target film through the VAE (alone, then side by side)")
-    rendered_summary = render.run(["--model", run_dir, "--input", target, "--output", rendered])
-    side_summary = render.run(["--model", run_dir, "--input", target, "--output", side, "--side-by-side"])
+    t = _stage(4, "render: target film through the VAE (alone, then side by side)")
+    rendered_summary = render(RenderConfig(model=run_dir, input=target, output=rendered))
+    side_summary = render(RenderConfig(model=run_dir, input=target, output=side, side_by_side=True))
     timings["render"] = time.time() - t
     timings["total"] = time.time() - started
 
