@@ -1,1 +1,3 @@
-"""Raw media to records and back: decoding, the record schema, the Beam extraction and the tf.data reader."""
+"""Every stage as a library function with a frozen config (extract, train, render, retrain), and what they
+share: media in and out, the record format, the manifest, tf.data, the training loop, exports. Imports
+``models``; never ``jobs``. The map: docs/architecture.md."""
