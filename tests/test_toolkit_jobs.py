@@ -12,8 +12,8 @@ from PIL import Image
 
 import jobs
 from fixtures_course import write_celeba, write_cifar10, write_image_folder, write_mnist
-from jobs import autoencoder, classifier, course
-from pipelines import atomic
+from jobs import autoencoder, classifier
+from pipelines import atomic, course
 from pipelines.errors import CadlError
 
 
@@ -50,7 +50,9 @@ def test_autoencoder_job_writes_montages_gif_export_and_resumes(mnist, tmp_path)
     # The export predicts what the last checkpoint predicts.
     images = np.random.default_rng(0).random((5, 28, 28, 1)).astype(np.float32)
     exported = course.load_model(os.path.join(out, "export", "model.keras"))
-    checkpoint = course.load_model(course.find_model_file(out))
+    checkpoint, path = course.restore_model(out)
+    assert path == os.path.join(out, "checkpoints", "ckpt-2")
+    assert int(checkpoint.optimizer.iterations.numpy()) == 2 * 5  # two epochs of ceil(240 / 50) steps
     expected = keras.ops.convert_to_numpy(checkpoint(images))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(exported(images)), expected)
     saved = tf.saved_model.load(os.path.join(out, "export", "saved_model"))
@@ -63,14 +65,17 @@ def test_autoencoder_job_writes_montages_gif_export_and_resumes(mnist, tmp_path)
     more = autoencoder.run(argv[:-4] + ["--epochs", "3", "--batch-size", "50"])
     assert more["epochs_trained"] == 1 and [h["epoch"] for h in more["history"]] == [1, 2, 3]
     assert more["history"][:2] == summary["history"]
-    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["epoch-0002.keras", "epoch-0003.keras",
-                                                                    "state.json"]
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["checkpoint"] + [
+        f"ckpt-{n}.{ext}" for n in (2, 3) for ext in ("data-00000-of-00001", "index")] + ["state.json"]
+    state = atomic.read_json(os.path.join(out, "checkpoints", "state.json"))
+    assert state["epoch"] == 3 and state["checkpoint"] == "ckpt-3" and state["history"] == more["history"]
 
     # Another model into the same folder is refused; --restore continues a model into a new folder.
     with pytest.raises(CadlError, match="holds a run with other model"):
         autoencoder.run(argv[:5] + ["conv"] + argv[6:])
     restored = autoencoder.run(argv[:7] + [str(tmp_path / "ae2"), "--epochs", "0", "--restore", out])
-    assert restored["restored_from"].endswith("epoch-0003.keras") and restored["epochs_trained"] == 0
+    assert restored["restored_from"] == os.path.join(out, "checkpoints", "ckpt-3")
+    assert restored["epochs_trained"] == 0
     assert restored["test_reconstruction_error"] == pytest.approx(more["test_reconstruction_error"], rel=1e-6)
     assert os.listdir(tmp_path / "ae2" / "montages") == ["epoch-0000.png"]
     fresh = autoencoder.run(argv[:-4] + ["--epochs", "1", "--batch-size", "50", "--fresh"])
