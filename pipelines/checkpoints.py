@@ -74,13 +74,13 @@ class Checkpoints:
             saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
             objects = {k: v for k, v in self.objects.items() if k not in optional or k in saved}
             try:
-                tf.train.Checkpoint(**objects).restore(path).assert_existing_objects_matched().expect_partial()
+                _restore(objects, path)
             except _RESTORE_ERRORS:
                 left_out = [k for k in optional if k in objects]
                 if not left_out:
                     raise
                 objects = {k: v for k, v in objects.items() if k not in left_out}
-                tf.train.Checkpoint(**objects).restore(path).assert_existing_objects_matched().expect_partial()
+                _restore(objects, path)
         except _RESTORE_ERRORS as e:
             raise CadlError(f"{path}: cannot restore ({_first_line(e)})") from None
         return sorted(objects)
@@ -97,6 +97,11 @@ class Checkpoints:
         if state is not None:
             atomic.write_json(os.path.join(self.folder, STATE), dict(state, checkpoint=os.path.basename(path)))
         return path
+
+
+def _restore(objects, path):
+    # expect_partial first: a checkpoint that does not fit raises below, without a second warning about it
+    tf.train.Checkpoint(**objects).restore(path).expect_partial().assert_existing_objects_matched()
 
 
 def _first_line(e):

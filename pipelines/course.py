@@ -121,13 +121,15 @@ def load_model(path):
 def restore_model(path):
     """A saved course model -> (model with its optimizer, where it came from).
 
-    ``path``: a .keras file (an export), or a run folder: its latest checkpoint, restored into a fresh model
-    built from the Keras config state.json keeps, or else its export/model.keras."""
+    ``path``: a .keras file (an export), or a run folder (or its checkpoints folder): its latest checkpoint,
+    restored into a fresh model built from the Keras config state.json keeps, or else its export/model.keras."""
     path = os.fspath(path)
     if os.path.isfile(path):
         if not path.endswith(".keras"):
             raise CadlError(f"{path}: --restore needs a .keras model file or a run folder")
         return load_model(path), path
+    if os.path.isfile(os.path.join(path, checkpoints.STATE)):  # the checkpoints folder itself: its run folder
+        path = os.path.dirname(os.path.abspath(path))
     state = checkpoints.read_state(checkpoint_dir(path)) if os.path.isdir(path) else None
     if state is not None:
         _register_models()
