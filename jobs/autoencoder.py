@@ -11,7 +11,7 @@ Models (``models/autoencoders.py``):
     conv-vae    variational, convolutional
 ``--noise R`` gives any of them masking noise (``--model conv --noise 0.3`` is a denoising conv autoencoder).
 
-Writes into OUT (see ``jobs/course.py`` for checkpoints, resume, ``--restore`` and the export)::
+Writes into OUT (see ``pipelines/course.py`` for checkpoints, resume, ``--restore`` and the export)::
 
     montages/epoch-0000.png ...   per epoch: the same test images | (masked, when denoising) | reconstructions
     reconstructions.gif           those montages as an animation (the lesson's ae.gif)
@@ -44,6 +44,7 @@ from PIL import Image
 import jobs
 from jobs import course
 from models import autoencoders
+from pipelines import course as engine
 from pipelines import atomic, loaders, visual
 from pipelines.errors import CadlError
 
@@ -86,7 +87,7 @@ def run(argv=None):
     course.check_output(args.out)
     keras.utils.set_random_seed(args.seed)
     ds = course.load_dataset(args, one_hot=False)
-    outputs = course.write_dataset_images(args.out, ds)
+    outputs = engine.write_dataset_images(args.out, ds)
     run_config = course.run_config(args, noise=args.noise, latent=args.latent, kl_warmup=args.kl_warmup)
 
     def build_model():
@@ -96,9 +97,10 @@ def run(argv=None):
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
         return model
 
-    model, state = course.start(args, run_config, build_model)
+    loop = course.loop(args)
+    model, state = engine.start(loop, run_config, build_model)
     _check_compatible(model, args, ds)
-    course.ensure_built(model, ds.image_shape)
+    engine.ensure_built(model, ds.image_shape)
     atomic.write_json(os.path.join(args.out, "config.json"),
                       {"job": "autoencoder", "options": run_config, "epochs": args.epochs,
                        "batch_size": args.batch_size, "learning_rate": args.learning_rate,
@@ -121,7 +123,7 @@ def run(argv=None):
     if state["epoch"] == 0:
         write_montage(0, model)  # before training: what the untrained (or restored) network makes of the inputs
     train_started = time.time()
-    state = course.train(model, args, ds, state, run_config, evaluate=_evaluate, on_epoch_end=write_montage,
+    state = engine.train(model, loop, ds, state, run_config, evaluate=_evaluate, on_epoch_end=write_montage,
                          labels=False)
     train_seconds = time.time() - train_started
 
@@ -152,7 +154,7 @@ def run(argv=None):
     for key in ("resumed_at", "restored_from"):
         if key in state:
             summary[key] = state[key]
-    outputs.update(course.export(model, args.out, ds.image_shape))
+    outputs.update(engine.export(model, args.out, ds.image_shape))
     summary["time_s"] = time.time() - started
     atomic.write_json(os.path.join(args.out, "summary.json"), summary)
     log.info("test reconstruction error %s (PSNR %s dB); outputs in %s",
@@ -174,7 +176,7 @@ def _check_compatible(model, args, ds):
 
 
 def _evaluate(model, split):
-    return model.evaluate(course.batches(split, 256, labels=False), verbose=0, return_dict=True)
+    return model.evaluate(engine.batches(split, 256, labels=False), verbose=0, return_dict=True)
 
 
 def _mask(pixels, rate, seed):

@@ -9,7 +9,7 @@ Models (``models/classifiers.py``), trained with Adam on one-hot labels and cros
 ``--improved`` adds the options measured to help (dropout 0.3 and random shifts of up to 10%; see
 ``benchmarks/course_classifiers.py``); each can also be set alone (``--batch-norm``, ``--dropout``, ...).
 
-Writes into OUT (see ``jobs/course.py`` for checkpoints, resume, ``--restore`` and the export)::
+Writes into OUT (see ``pipelines/course.py`` for checkpoints, resume, ``--restore`` and the export)::
 
     weights.png            linear: the ten weight images, one per class, in a diverging colour map (blue
                            negative, white zero, red positive); colour data also gets weights-rgb.png
@@ -41,6 +41,7 @@ import numpy as np
 import jobs
 from jobs import course
 from models import classifiers
+from pipelines import course as engine
 from pipelines import atomic, visual
 from pipelines.errors import CadlError
 
@@ -90,7 +91,7 @@ def run(argv=None):
         raise CadlError(f"{args.data_dir}: no labels: a classifier needs one sub-folder of images per class")
     if ds.n_classes < 2:
         raise CadlError(f"{args.data_dir}: only one class ({ds.class_names[0]}): a classifier needs two or more")
-    outputs = course.write_dataset_images(args.out, ds)
+    outputs = engine.write_dataset_images(args.out, ds)
     run_config = course.run_config(args, improved=args.improved, **options)
 
     def build_model():
@@ -98,9 +99,10 @@ def run(argv=None):
                                   seed=args.seed, **options)
         return classifiers.compile_classifier(model, args.learning_rate)
 
-    model, state = course.start(args, run_config, build_model)
+    loop = course.loop(args)
+    model, state = engine.start(loop, run_config, build_model)
     _check_compatible(model, args, ds)
-    course.ensure_built(model, ds.image_shape)
+    engine.ensure_built(model, ds.image_shape)
     atomic.write_json(os.path.join(args.out, "config.json"),
                       {"job": "classifier", "options": run_config, "epochs": args.epochs,
                        "batch_size": args.batch_size, "learning_rate": args.learning_rate,
@@ -108,7 +110,7 @@ def run(argv=None):
                        "model": model.get_config()})
 
     train_started = time.time()
-    state = course.train(model, args, ds, state, run_config, evaluate=_evaluate,
+    state = engine.train(model, loop, ds, state, run_config, evaluate=_evaluate,
                          on_epoch_end=lambda epoch, model: None, labels=True)
     train_seconds = time.time() - train_started
 
@@ -131,7 +133,7 @@ def run(argv=None):
     for key in ("resumed_at", "restored_from"):
         if key in state:
             summary[key] = state[key]
-    outputs.update(course.export(model, args.out, ds.image_shape))
+    outputs.update(engine.export(model, args.out, ds.image_shape))
     summary["time_s"] = time.time() - started
     atomic.write_json(os.path.join(args.out, "summary.json"), summary)
     log.info("test accuracy %s (chance %.3f); outputs in %s",
@@ -180,7 +182,7 @@ def _check_compatible(model, args, ds):
 
 
 def _evaluate(model, split):
-    return model.evaluate(course.batches(split, 500, labels=True), verbose=0, return_dict=True)
+    return model.evaluate(engine.batches(split, 500, labels=True), verbose=0, return_dict=True)
 
 
 def _chance(ds):

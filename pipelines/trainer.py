@@ -4,9 +4,9 @@
 ``fit()`` trains until the first budget is reached (steps, epochs, seconds) or a signal arrives, then
 validates, draws the montages and exports. ``pipelines.training.train`` is the function that calls it.
 
-Checkpoints (``RUN/checkpoints``, tf.train.CheckpointManager): weights, optimizer state (with the step), the
-sampling noise generators and, when small enough, the input pipeline's position, so that a resumed run sees
-the batches an uninterrupted one would. Written to temporary files, the pointer switched atomically.
+Checkpoints (``RUN/checkpoints/ckpt-STEP``, ``pipelines.checkpoints``): weights, optimizer state (with the step),
+the sampling noise generators and, when small enough, the input pipeline's position, so that a resumed run
+sees the batches an uninterrupted one would. Written to temporary files, the pointer switched atomically.
 """
 import dataclasses
 import logging
@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 
-from pipelines import atomic, tfdata
+from pipelines import atomic, checkpoints, tfdata
 from pipelines import manifest as mf
 from pipelines.errors import CadlError
 
@@ -204,28 +204,15 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
         # The data stream: its position is part of the checkpoint when small enough (exact resume).
         self.exact = self._exact_resume()
-        latest = tf.train.latest_checkpoint(self.ckpt_dir)
         self.iterator = self.train_stream(resume_step=None)
         self._make_manager()
         self.resumed_from = None
-        if latest:
-            has_data = any(name.startswith("data/") for name, _ in tf.train.list_variables(latest))
-            objects = self._objects()
-            if has_data and self.exact and self.iterator_checkpointable:
-                objects["data"] = self.iterator
-            try:
-                try:
-                    tf.train.Checkpoint(**objects).restore(latest).assert_existing_objects_matched().expect_partial()
-                except (tf.errors.OpError, AssertionError, ValueError):
-                    if "data" not in objects:
-                        raise
-                    # The input pipeline changed shape (other batch size, files...): restore all but its position.
-                    del objects["data"]
-                    tf.train.Checkpoint(**objects).restore(latest).assert_existing_objects_matched().expect_partial()
-            except (tf.errors.OpError, AssertionError, ValueError) as e:
-                raise CadlError(f"{latest}: cannot restore ({_first_line(e)})") from None
+        if self.checkpoints.latest:
+            # Without its data position when it has none, or when the input pipeline changed shape (other batch
+            # size, files...): then all but the position is restored.
+            restored = self.checkpoints.restore(optional=("data",))
             self.resumed_from = self.step
-            if "data" not in objects:  # the position in the data was not saved: a fresh order for this step
+            if "data" not in restored:  # the position in the data was not restored: a fresh order for this step
                 self.iterator = self.train_stream(resume_step=self.step)
                 self._make_manager()
             log.info("resumed from step %d", self.step)
@@ -269,19 +256,14 @@ class Trainer:
         state = (buffer + (self.train_count if cached else 0)) * h * w * c
         return state <= EXACT_RESUME_BYTES
 
-    def _objects(self):
-        """What a checkpoint holds: weights, optimizer (with the step), the noise generators' states."""
-        rng = self.tf.Module()
-        # Keras' SeedGenerator states (sampling noise, dropout) are not checkpoint children of their layers.
-        rng.states = [sg.state for layer in self.model._flatten_layers() for sg in layer._seed_generators]
-        return {"model": self.model, "optimizer": self.optimizer, "rng": rng}
-
     def _make_manager(self):
-        objects = self._objects()
+        """The run's checkpoints: weights, optimizer (with the step), noise generators, and the data position
+        when it is small enough and can be saved."""
+        objects = checkpoints.keras_objects(self.model)
         if self.exact and self.iterator_checkpointable:
             objects["data"] = self.iterator
-        self.checkpoint = self.tf.train.Checkpoint(**objects)
-        self.manager = self.tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=self.args.keep)
+        self.checkpoints = checkpoints.Checkpoints(self.ckpt_dir, self.args.keep, run=self.out, unit="step",
+                                                   advice="try a lower --lr", **objects)
 
     def train_stream(self, resume_step=None):
         """An iterator over training batches. ``resume_step``: the position was not restored, so draw a
@@ -410,12 +392,7 @@ class Trainer:
 
     def save_checkpoint(self):
         """Save unless the weights went non-finite (then stop: the previous checkpoint stays the last good one)."""
-        tf = self.tf
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables])
-        if not bool(finite):
-            raise CadlError(f"{self.out}: weights became non-finite by step {self.step}; stopped (last good "
-                            f"checkpoint: {self.manager.latest_checkpoint or 'none'}); try a lower --lr")
-        return self.manager.save(checkpoint_number=self.step)
+        return self.checkpoints.save(self.step)
 
     # -- the loop --
 
@@ -477,7 +454,7 @@ class Trainer:
                 bar.update(done)
                 if not math.isfinite(loss):
                     bar.close()
-                    good = self.manager.latest_checkpoint
+                    good = self.checkpoints.latest
                     raise CadlError(f"{self.out}: loss became {loss} at step {self.step}; stopped "
                                     f"(last good checkpoint: {good or 'none'}); try a lower --lr or --precision "
                                     "float32")
@@ -514,7 +491,7 @@ class Trainer:
         if not train_logs and train_steps:
             train_logs = {k: float(v.result()) for k, v in zip([m.name for m in self.model.metrics],
                                                                self.model.metrics)}
-        if self.step != last_ckpt_step or not self.manager.latest_checkpoint:
+        if self.step != last_ckpt_step or not self.checkpoints.latest:
             self.save_checkpoint()
         if stop_reason == "interrupted":
             log.info("%s at step %d: checkpoint saved; rerun the same command to resume", stopper.signal, self.step)
@@ -554,7 +531,7 @@ class Trainer:
             "wall_time_s": time.time() - self.t0,
             "history": history,
             "skipped_shards": self.skipped,
-            "checkpoint": self.manager.latest_checkpoint,
+            "checkpoint": self.checkpoints.latest,
             "export": export,
             "montages": os.path.join(self.out, "montages"),
             "gif": os.path.join(self.out, "montages", "reconstructions.gif"),

@@ -12,8 +12,8 @@ from PIL import Image
 
 import jobs
 from fixtures_course import write_celeba, write_cifar10, write_image_folder, write_mnist
-from jobs import autoencoder, classifier, course
-from pipelines import atomic
+from jobs import autoencoder, classifier
+from pipelines import atomic, checkpoints, course
 from pipelines.errors import CadlError
 
 
@@ -50,7 +50,9 @@ def test_autoencoder_job_writes_montages_gif_export_and_resumes(mnist, tmp_path)
     # The export predicts what the last checkpoint predicts.
     images = np.random.default_rng(0).random((5, 28, 28, 1)).astype(np.float32)
     exported = course.load_model(os.path.join(out, "export", "model.keras"))
-    checkpoint = course.load_model(course.find_model_file(out))
+    checkpoint, path = course.restore_model(out)
+    assert path == os.path.join(out, "checkpoints", "ckpt-2") == course.restore_model(os.path.dirname(path))[1]
+    assert int(checkpoint.optimizer.iterations.numpy()) == 2 * 5  # two epochs of ceil(240 / 50) steps
     expected = keras.ops.convert_to_numpy(checkpoint(images))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(exported(images)), expected)
     saved = tf.saved_model.load(os.path.join(out, "export", "saved_model"))
@@ -63,14 +65,17 @@ def test_autoencoder_job_writes_montages_gif_export_and_resumes(mnist, tmp_path)
     more = autoencoder.run(argv[:-4] + ["--epochs", "3", "--batch-size", "50"])
     assert more["epochs_trained"] == 1 and [h["epoch"] for h in more["history"]] == [1, 2, 3]
     assert more["history"][:2] == summary["history"]
-    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["epoch-0002.keras", "epoch-0003.keras",
-                                                                    "state.json"]
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["checkpoint"] + [
+        f"ckpt-{n}.{ext}" for n in (2, 3) for ext in ("data-00000-of-00001", "index")] + ["state.json"]
+    state = atomic.read_json(os.path.join(out, "checkpoints", "state.json"))
+    assert state["epoch"] == 3 and state["checkpoint"] == "ckpt-3" and state["history"] == more["history"]
 
     # Another model into the same folder is refused; --restore continues a model into a new folder.
     with pytest.raises(CadlError, match="holds a run with other model"):
         autoencoder.run(argv[:5] + ["conv"] + argv[6:])
     restored = autoencoder.run(argv[:7] + [str(tmp_path / "ae2"), "--epochs", "0", "--restore", out])
-    assert restored["restored_from"].endswith("epoch-0003.keras") and restored["epochs_trained"] == 0
+    assert restored["restored_from"] == os.path.join(out, "checkpoints", "ckpt-3")
+    assert restored["epochs_trained"] == 0
     assert restored["test_reconstruction_error"] == pytest.approx(more["test_reconstruction_error"], rel=1e-6)
     assert os.listdir(tmp_path / "ae2" / "montages") == ["epoch-0000.png"]
     fresh = autoencoder.run(argv[:-4] + ["--epochs", "1", "--batch-size", "50", "--fresh"])
@@ -78,6 +83,35 @@ def test_autoencoder_job_writes_montages_gif_export_and_resumes(mnist, tmp_path)
     assert sorted(os.listdir(os.path.join(out, "montages"))) == ["epoch-0000.png", "epoch-0001.png"]
     with pytest.raises(CadlError, match="not --model vae"):
         autoencoder.run(argv[:5] + ["vae"] + argv[6:7] + [str(tmp_path / "ae3"), "--restore", out])
+
+
+def test_resumed_run_continues_as_the_uninterrupted_one(mnist, tmp_path):
+    """The checkpoint holds the optimizer and the masking noise's generator: 2 + 1 epochs give what 3 give."""
+    common = ["--dataset", "mnist", "--data-dir", mnist, "--model", "fc", "--noise", "0.3", "--batch-size", "60"]
+    autoencoder.run(common + ["--out", str(tmp_path / "a"), "--epochs", "2"])
+    resumed = autoencoder.run(common + ["--out", str(tmp_path / "a"), "--epochs", "3"])
+    straight = autoencoder.run(common + ["--out", str(tmp_path / "b"), "--epochs", "3"])
+    assert resumed["resumed_at"] == 2 and resumed["epochs_trained"] == 1
+    assert resumed["history"][-1]["train"] == pytest.approx(straight["history"][-1]["train"], rel=1e-5)
+    assert resumed["test_reconstruction_error"] == pytest.approx(straight["test_reconstruction_error"], rel=1e-5)
+
+
+def test_checkpoints_refuse_non_finite_weights_and_name_what_does_not_restore(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    saved = checkpoints.Checkpoints(tmp_path / "ck", 2, run="RUN", unit="epoch", advice="lower it",
+                                    **checkpoints.keras_objects(model))
+    saved.save(1, state={"epoch": 1})
+    assert checkpoints.read_state(tmp_path / "ck") == {"epoch": 1, "checkpoint": "ckpt-1"}
+    model.layers[0].kernel.assign(np.full((3, 2), np.nan, np.float32))
+    with pytest.raises(CadlError, match=r"^RUN: weights became non-finite by epoch 2; stopped \(last good "
+                                        r"checkpoint: .*ckpt-1\); lower it$"):
+        saved.save(2)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5)])
+    other.compile(optimizer="adam", loss="mse")
+    with pytest.raises(CadlError, match=r"ckpt-1: cannot restore \(") as error:
+        checkpoints.Checkpoints(tmp_path / "ck", 2, **checkpoints.keras_objects(other)).restore()
+    assert "\n" not in str(error.value)
 
 
 def test_denoising_and_vae_jobs(mnist, tmp_path):
