@@ -45,7 +45,8 @@ import jobs
 from jobs import course
 from models import autoencoders
 from pipelines import course as engine
-from pipelines import atomic, loaders, visual
+from pipelines import course_pictures as pictures
+from pipelines import loaders, visual
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl")
@@ -98,26 +99,21 @@ def run(argv=None):
         return model
 
     loop = course.loop(args)
-    model, state = engine.start(loop, run_config, build_model)
-    _check_compatible(model, args, ds)
-    engine.ensure_built(model, ds.image_shape)
-    atomic.write_json(os.path.join(args.out, "config.json"),
-                      {"job": "autoencoder", "options": run_config, "epochs": args.epochs,
-                       "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                       "image_shape": list(ds.image_shape), "model": model.get_config()})
+    model, state = engine.prepare(loop, "autoencoder", run_config, build_model, ds.image_shape,
+                                  lambda model: _check_compatible(model, args, ds), args.learning_rate)
 
     shown = ds.test if len(ds.test) else (ds.valid if len(ds.valid) else ds.train)
     shown = shown.pixels[:MONTAGE_IMAGES]
     rate = float(getattr(model, "noise", 0.0))
-    masked = _mask(shown, rate, args.seed) if rate else None
+    masked = pictures.mask(shown, rate, args.seed) if rate else None
     montage_dir = os.path.join(args.out, "montages")
 
     def write_montage(epoch, model):
-        visual.write_png(os.path.join(montage_dir, f"epoch-{epoch:04d}.png"), _montage(model, shown, masked, rate))
+        visual.write_png(os.path.join(montage_dir, f"epoch-{epoch:04d}.png"), pictures.montage(model, shown, masked, rate))
 
     # Montages belong to the run in the checkpoints: drop those of a discarded run (--fresh, --restore) or of
     # an epoch that was interrupted before its checkpoint, so the GIF shows this run only.
-    for path in _montage_files(montage_dir) if os.path.isdir(montage_dir) else []:
+    for path in pictures.montage_files(montage_dir) if os.path.isdir(montage_dir) else []:
         if state["epoch"] == 0 or int(os.path.basename(path)[6:10]) > state["epoch"]:
             os.remove(path)
     if state["epoch"] == 0:
@@ -127,7 +123,7 @@ def run(argv=None):
                          labels=False)
     train_seconds = time.time() - train_started
 
-    frames = [np.asarray(Image.open(p)) for p in sorted(_montage_files(montage_dir))]
+    frames = [np.asarray(Image.open(p)) for p in sorted(pictures.montage_files(montage_dir))]
     visual.write_gif(os.path.join(args.out, "reconstructions.gif"), frames, fps=2)
     outputs.update(montages="montages/", gif="reconstructions.gif")
     if isinstance(model, autoencoders.VAE):
@@ -150,13 +146,8 @@ def run(argv=None):
         "train_seconds": train_seconds, "time_s": None, "outputs": outputs,
     }
     if rate and len(test_split):
-        summary["test_denoising_error"] = _denoising_error(model, test_split.pixels, rate, args.seed)
-    for key in ("resumed_at", "restored_from"):
-        if key in state:
-            summary[key] = state[key]
-    outputs.update(engine.export(model, args.out, ds.image_shape))
-    summary["time_s"] = time.time() - started
-    atomic.write_json(os.path.join(args.out, "summary.json"), summary)
+        summary["test_denoising_error"] = pictures.denoising_error(model, test_split.pixels, rate, args.seed)
+    engine.finish(model, loop, ds.image_shape, state, summary, started)
     log.info("test reconstruction error %s (PSNR %s dB); outputs in %s",
              "-" if error is None else f"{error['mse']:.5f}", "-" if error is None else f"{error['psnr']:.2f}",
              args.out)
@@ -177,45 +168,6 @@ def _check_compatible(model, args, ds):
 
 def _evaluate(model, split):
     return model.evaluate(engine.batches(split, 256, labels=False), verbose=0, return_dict=True)
-
-
-def _mask(pixels, rate, seed):
-    """The same masking noise as training (seeded here for pictures and test figures): uint8 -> floats."""
-    keep = np.random.default_rng(seed + 7).random(pixels.shape) >= rate
-    return pixels.astype(np.float32) / 255.0 * keep
-
-
-def _reconstruct(model, images):
-    return np.clip(keras.ops.convert_to_numpy(model(images, training=False)), 0.0, 1.0)
-
-
-def _montage(model, pixels, masked, rate):
-    """[originals | masked | reconstructions] side by side, each an 8 x 8 montage."""
-    clean = pixels.astype(np.float32) / 255.0
-    panels = [clean]
-    if masked is not None:
-        panels += [masked, _reconstruct(model, masked / (1.0 - rate))]  # scaled as in training
-    else:
-        panels.append(_reconstruct(model, clean))
-    tiles = [visual.montage(p) for p in panels]
-    gap = np.full(tiles[0].shape[:1] + (4,) + tiles[0].shape[2:], 255, np.uint8)
-    return np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1)
-
-
-def _montage_files(folder):
-    return [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("epoch-") and n.endswith(".png")]
-
-
-def _denoising_error(model, pixels, rate, seed, batch_size=256):
-    """Mean squared error per pixel between the reconstruction of masked test images and the clean ones."""
-    total, count = 0.0, 0
-    for start in range(0, len(pixels), batch_size):
-        part = pixels[start:start + batch_size]
-        clean = part.astype(np.float32) / 255.0
-        recon = _reconstruct(model, _mask(part, rate, seed + start) / (1.0 - rate))
-        total += float(np.square(recon - clean).sum())
-        count += clean.size
-    return total / max(count, 1)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import jobs
 from jobs import course
 from models import classifiers
 from pipelines import course as engine
-from pipelines import atomic, visual
+from pipelines import course_pictures as pictures
 from pipelines.errors import CadlError
 
 log = logging.getLogger("cadl")
@@ -100,21 +100,16 @@ def run(argv=None):
         return classifiers.compile_classifier(model, args.learning_rate)
 
     loop = course.loop(args)
-    model, state = engine.start(loop, run_config, build_model)
-    _check_compatible(model, args, ds)
-    engine.ensure_built(model, ds.image_shape)
-    atomic.write_json(os.path.join(args.out, "config.json"),
-                      {"job": "classifier", "options": run_config, "epochs": args.epochs,
-                       "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                       "image_shape": list(ds.image_shape), "class_names": ds.class_names,
-                       "model": model.get_config()})
+    model, state = engine.prepare(loop, "classifier", run_config, build_model, ds.image_shape,
+                                  lambda model: _check_compatible(model, args, ds), args.learning_rate,
+                                  class_names=ds.class_names)
 
     train_started = time.time()
     state = engine.train(model, loop, ds, state, run_config, evaluate=_evaluate,
                          on_epoch_end=lambda epoch, model: None, labels=True)
     train_seconds = time.time() - train_started
 
-    outputs.update(write_pictures(model, args.out, ds.image_shape))
+    outputs.update(pictures.write_pictures(model, args.out, ds.image_shape))
     test_split = ds.test if len(ds.test) else ds.valid
     test = _evaluate(model, test_split) if len(test_split) else {}
     summary = {
@@ -130,44 +125,10 @@ def run(argv=None):
         "history": state["history"], "parameters": int(model.count_params()),
         "train_seconds": train_seconds, "outputs": outputs,
     }
-    for key in ("resumed_at", "restored_from"):
-        if key in state:
-            summary[key] = state[key]
-    outputs.update(engine.export(model, args.out, ds.image_shape))
-    summary["time_s"] = time.time() - started
-    atomic.write_json(os.path.join(args.out, "summary.json"), summary)
+    engine.finish(model, loop, ds.image_shape, state, summary, started)
     log.info("test accuracy %s (chance %.3f); outputs in %s",
              "-" if test.get("accuracy") is None else f"{test['accuracy']:.4f}", summary["chance_accuracy"], args.out)
     return summary
-
-
-def write_pictures(model, out, image_shape):
-    """The linear layer's weight images (diverging colours) or the convolution layers' filter montages."""
-    written = {}
-    kernels = classifiers.conv_kernels(model)
-    if not kernels:
-        w = classifiers.linear_weights(model, image_shape)  # (classes, H, W, C)
-        signed = w.sum(axis=-1)  # colour data: a pixel's weight summed over its channels
-        # Each class's image on its own scale (as the lesson's per-image imshow), white = 0; the scale is the
-        # 99th percentile of |w|, so a few large weights on never-lit border pixels do not wash the rest out.
-        tiles = np.stack([visual.diverging(np.clip(image / max(np.percentile(np.abs(image), 99), 1e-8), -1, 1))
-                          for image in signed])
-        visual.write_png(os.path.join(out, "weights.png"), _enlarge(visual.montage(tiles), 4))
-        written["weights"] = "weights.png"
-        if w.shape[-1] == 3:
-            scale = max(float(np.abs(w).max()), 1e-8)
-            visual.write_png(os.path.join(out, "weights-rgb.png"),
-                             _enlarge(visual.montage(0.5 + 0.5 * w / scale), 4))
-            written["weights_rgb"] = "weights-rgb.png"
-    for name, kernel in kernels:
-        visual.write_png(os.path.join(out, f"filters-{name}.png"), _enlarge(visual.montage_filters(kernel), 4))
-        written[f"filters_{name}"] = f"filters-{name}.png"
-    return written
-
-
-def _enlarge(image, factor):
-    """Nearest-neighbour enlargement: 28x28 weight images and 5x5 filters are too small to look at."""
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
 def _check_compatible(model, args, ds):

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipelines import checkpoints, visual
+from pipelines import atomic, checkpoints, visual
 from pipelines import export as exporting
 from pipelines.errors import CadlError
 
@@ -47,6 +47,32 @@ class Loop:
     seed: int = 0           # seed of each epoch's shuffle (the job seeds weights and split with it too)
     restore: str = None     # start from this saved model (.keras file or run folder) at epoch 0
     fresh: bool = False     # discard OUT's checkpoints instead of resuming
+
+
+def prepare(loop, job, run_config, build_model, image_shape, check, learning_rate, **described):
+    """Where a job's training starts (see ``start``), checked by ``check(model)``, built, and described in
+    OUT/config.json (the options, the loop, ``described`` and the model's own config). Returns
+    (model, state)."""
+    model, state = start(loop, run_config, build_model)
+    check(model)
+    ensure_built(model, image_shape)
+    atomic.write_json(os.path.join(loop.out, "config.json"),
+                      {"job": job, "options": run_config, "epochs": loop.epochs, "batch_size": loop.batch_size,
+                       "learning_rate": learning_rate, "image_shape": list(image_shape), **described,
+                       "model": model.get_config()})
+    return model, state
+
+
+def finish(model, loop, image_shape, state, summary, started):
+    """Export the model, complete the job's ``summary`` (where the run started from, the exports, the time)
+    and write OUT/summary.json last."""
+    for key in ("resumed_at", "restored_from"):
+        if key in state:
+            summary[key] = state[key]
+    summary["outputs"].update(export(model, loop.out, image_shape))
+    summary["time_s"] = time.time() - started
+    atomic.write_json(os.path.join(loop.out, "summary.json"), summary)
+    return summary
 
 
 def write_dataset_images(out, ds):
