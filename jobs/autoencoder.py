@@ -23,13 +23,7 @@ deterministic reconstruction of the clean test images) and its PSNR, ``test_deno
 models (masked test images in, clean images scored), the loss terms on the test split, the per-epoch
 history, epochs and times.
 
-Measured on real data (``benchmarks/course_autoencoders.py --data-dir DIR --epochs 3``, ``--split
-official``, on a shared 2-core CPU): Fashion-MNIST's IDX files (MNIST's names and format; MNIST itself is not
-on the development machine), test mean squared error per pixel after 3 epochs, against 0.0866 for
-predicting the mean image: fc 0.0111 (19.6 dB), conv 0.0070 (21.6 dB), denoising 0.0151 (0.0168 from
-half-masked inputs), vae 0.0187, conv-vae 0.0180; 13-64 s per model. The montages show recognisable
-garments from the first epoch, and a VAE's ``samples.png`` shows garment-like images decoded from random
-codes.
+What these models reach on real data: README, "Benchmarks".
 """
 import argparse
 import logging

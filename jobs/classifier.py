@@ -20,14 +20,7 @@ Writes into OUT (see ``pipelines/course.py`` for checkpoints, resume, ``--restor
 ``summary.json`` holds ``test_accuracy`` and ``test_loss`` on the test split, the per-epoch history (train
 loss and accuracy, validation loss and accuracy), epochs and times.
 
-Measured on real data (``benchmarks/course_classifiers.py --data-dir DIR``, ``--split official``, 10
-epochs, seed 0, on a shared 2-core CPU). MNIST itself is not on the development machine, so the measurement
-is on Fashion-MNIST, whose files have MNIST's names, sizes and format (Debian's ``dataset-fashion-mnist``
-package installs them in /usr/share/datasets/fashion-mnist): ``linear`` 0.839 test accuracy (20 s),
-``conv`` 0.905 (2 min; 0.907 after 20 epochs); both are the usual figures for these models on that set.
-Expected on MNIST with the same commands: about 92-93% for ``linear`` (softmax regression on raw pixels;
-the lesson reports ~93%) and about 99% for ``conv`` (the lesson's ~99%). The tests check the ordering on
-generated digits: the convolutional network clearly beats the linear one, and both beat chance.
+What these models reach on real data: README, "Benchmarks".
 """
 import argparse
 import logging

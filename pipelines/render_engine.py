@@ -123,7 +123,7 @@ def _contiguous(ids):
 
 
 def render_segments(plan, model, seg_ids, progress=None, on_commit=None):
-    """Render and commit the segments ``seg_ids`` of ``plan`` with ``model`` (a ``vae.Inference``).
+    """Render and commit the segments ``seg_ids`` of ``plan`` with ``model`` (an ``export.Inference``).
 
     Contiguous segments share one decoder; frames are batched within a segment (padded to a fixed batch
     size), so a segment's frames are identical whichever way the work is split. Returns statistics.
