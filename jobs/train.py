@@ -7,25 +7,12 @@ import dataclasses
 import sys
 
 import jobs
+from pipelines import training
 from pipelines.training import LR_SCHEDULES, PRESETS, TrainConfig, train
 
-DESCRIPTION = """train the convolutional VAE on extracted shards.
-
-The run folder is self-describing and resumable:
-
-    RUN/config.json            the model config (image_size, channels, fit, widths, latent, ...) + training options
-    RUN/checkpoints/           weights, optimizer state, step and sampling RNG; the last --keep of them
-    RUN/logs/{train,validation}  TensorBoard: losses, learning rate, images/s, montages
-    RUN/montages/              recon-STEP.png (a fixed validation batch: originals over reconstructions),
-                               latent-STEP.png (decodings of a fixed sample of z), reconstructions.gif
-    RUN/export/model.keras     the trained VAE (Keras 3 format: what Beam's RunInference handler loads)
-    RUN/export/saved_model/    a TensorFlow SavedModel with encode / decode / reconstruct signatures
-    RUN/summary.json           step, epochs, train and validation losses, validation PSNR, images/s, wall time
-
-Running the same command again resumes from the latest checkpoint ("resumed from step N"); ``--max-steps`` is
-the global target, so a resumed run ends where an uninterrupted one would. SIGINT/SIGTERM save a checkpoint
-before exiting; a ``kill -9`` loses at most the steps since the last one (checkpoints are written to temporary
-files and the pointer to them is switched atomically)."""
+# --help shows the run folder's layout and how a rerun resumes, as the library documents them.
+DESCRIPTION = "train the convolutional VAE on extracted shards.\n\n" + training.__doc__.split("\n\n", 1)[1].split(
+    "\n\nGPU:")[0]
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

@@ -345,10 +345,11 @@ def test_concurrent_run_and_a_run_killed_mid_training(first, films, tmp_path):
                             ["--max-steps", "100000", "--checkpoint-every", "5"],
                             cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 240
+        deadline = time.monotonic() + 240
         while not list((work / "candidates").glob(".partial-*/checkpoints/*.index")):
             assert proc.poll() is None, open(tmp_path / "first.log").read()[-3000:]
-            assert time.time() < deadline, "no checkpoint within 240 s"
+            if time.monotonic() > deadline:  # a hang guard, not a speed check (speed: benchmarks/)
+                pytest.fail("hang guard: the candidate wrote no checkpoint in 240 s")
             time.sleep(0.5)
         partial = next((work / "candidates").glob(".partial-*"))
 
@@ -434,10 +435,11 @@ def test_a_failure_or_sigterm_leaves_latest_and_every_version_untouched(first, f
                              films["new"], "--work", str(work), "--max-steps", "100000"] + TRAIN,
                             cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 240
+        deadline = time.monotonic() + 240
         while not list((work / "candidates").glob(".partial-*/config.json")):
             assert proc.poll() is None, open(tmp_path / "term.log").read()[-3000:]
-            assert time.time() < deadline, "training did not start within 240 s"
+            if time.monotonic() > deadline:  # a hang guard, not a speed check (speed: benchmarks/)
+                pytest.fail("hang guard: training did not start in 240 s")
             time.sleep(0.5)
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
