@@ -22,6 +22,8 @@ setup(
         "imageio-ffmpeg>=0.5",          # ships an ffmpeg binary: no system ffmpeg needed
         "opencv-python-headless",       # cv2 without GUI libraries: imports on servers and Beam workers
         "tqdm",
+        "tensorboard>=2.16",           # the viewer of RUN/logs: TensorFlow 2.21 no longer installs it
+        "matplotlib>=3.7",             # RUN/report.html's plots (Agg backend: no display needed)
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["cadl=jobs.cli:console"]},

@@ -12,12 +12,13 @@ import dataclasses
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import time
 import warnings
 
-from pipelines import atomic, checkpoints, tfdata
+from pipelines import atomic, checkpoints, report, tfdata
 from pipelines import manifest as mf
 from pipelines.errors import CadlError
 
@@ -218,10 +219,13 @@ class Trainer:
             log.info("resumed from step %d", self.step)
         elif args.init_from:
             self._warm_start(args.init_from, source)
+        report.truncate_history(self.out, self.step)  # a resumed run redoes the steps after its checkpoint
         atomic.write_json(config_path, {
             "model": self.config, "image_size": self.config["image_size"], "channels": self.config["channels"],
             "fit": self.config["fit"], "data": os.path.abspath(args.data) if "://" not in args.data else args.data,
-            "training": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("data", "out") + MODEL_FLAGS},
+            "training": {k: v for k, v in dataclasses.asdict(args).items()
+                         if k not in ("data", "out", "settings") + MODEL_FLAGS},
+            "settings": args.settings,  # the flags as resolved from the command line and --config
         })
 
     @property
@@ -471,10 +475,15 @@ class Trainer:
                             tb_scalar(k, v, step)
                         tb_scalar("learning_rate", float(np.asarray(self.optimizer.learning_rate)), step)
                         tb_scalar("images_per_s", rate, step)
+                    report.record(self.out, "train", step, train_logs, images_per_s=rate)
                     self.model.reset_metrics()  # train figures are means over the last window
                     window_seconds, window_steps = 0.0, 0
                 if args.validate_every and step % args.validate_every < done:
                     val = self._validate_and_log(writers)
+                    self._report({"step": step, "epochs": step * args.batch_size / max(self.train_count, 1),
+                                  "images_per_s": train_steps * args.batch_size / max(train_seconds, 1e-9),
+                                  "train": train_logs, "validation": val, "validation_split": self.val_split,
+                                  "wall_time_s": time.time() - self.t0})
                     if bar.disable:
                         log.info("step %d%s: train loss %.2f, PSNR %.2f dB; validation loss %.2f, PSNR %.2f dB; "
                                  "%.0f images/s", step, f"/{target}" if target else "",
@@ -513,7 +522,15 @@ class Trainer:
         with writers["validation"].as_default():
             for k, v in val.items():
                 tb_scalar(k, v, self.step)
+        report.record(self.out, "validation", self.step, val)
         return val
+
+    def _report(self, figures):
+        """Rewrite RUN/report.html (and its plots) from ``figures``: summary.json's keys, as far as known."""
+        settings = self.args.settings or {}
+        command = f"cadl {settings['job']} {shlex.join(settings['argv'])}" if settings.get("argv") is not None \
+            else None
+        report.write_run_report(self.out, figures, self.config, command)
 
     def _write_summary(self, stop_reason, train_logs, val, history, start_step, train_steps, train_seconds,
                        export=None):
@@ -540,6 +557,9 @@ class Trainer:
             "batch_size": self.args.batch_size,
             "train_count": self.train_count,
             "config": self.config,
+            "settings": self.args.settings,
+            "report": os.path.join(self.out, "report.html"),
         }
         atomic.write_json(os.path.join(self.out, "summary.json"), summary)
+        self._report(summary)
         return summary

@@ -10,6 +10,8 @@ The run folder is self-describing and resumable:
     RUN/export/model.keras     the trained VAE (Keras 3 format: what Beam's RunInference handler loads)
     RUN/export/saved_model/    a TensorFlow SavedModel with encode / decode / reconstruct signatures
     RUN/summary.json           step, epochs, train and validation losses, validation PSNR, images/s, wall time
+    RUN/report.html            the same figures as a page with plots and the latest montages (pipelines.report),
+                               rewritten at every validation; RUN/report/ holds its plots and history.jsonl
 
 Calling ``train`` again with the same folder resumes from the latest checkpoint ("resumed from step N");
 ``max_steps`` is the global target, so a resumed run ends where an uninterrupted one would. SIGINT/SIGTERM
@@ -87,6 +89,8 @@ class TrainConfig:
     jit: bool = False                       # compile the training step with XLA
     strategy: str = "auto"                  # "auto" | "default" | "mirrored" | "multiworker"
     steps_per_execution: int = 1            # training steps per tf.function call
+    # the record of how the run was asked for (RUN/config.json, summary.json, report.html)
+    settings: Optional[dict] = None         # {"job", "argv", "config_file", "flags"} from jobs.config_file
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "keep", "log_every", "checkpoint_every", "steps_per_execution",
@@ -107,7 +111,7 @@ class TrainConfig:
 
     def recipe(self):
         """What decides the model a run trains: every field but the folders, the budget and the cadence."""
-        skip = ("data", "out") + self.BUDGET + self.CADENCE
+        skip = ("data", "out", "settings") + self.BUDGET + self.CADENCE
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
