@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 import jobs
+from jobs import config_file
 from pipelines import training
 from pipelines.training import LR_SCHEDULES, PRESETS, TrainConfig, train
 
@@ -42,6 +43,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="cadl train", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
     p.add_argument("--data", required=True, help="dataset folder (manifest.json + shards); local or gs://...")
     p.add_argument("--out", required=True, help="run folder: created, or resumed when it holds checkpoints")
+    config_file.add_option(p)
     add_options(p)
     return p
 
@@ -143,7 +145,7 @@ def config_from_args(args, **fields):
 
 
 def run(argv=None):
-    return train(config_from_args(build_parser().parse_args(argv)))
+    return train(config_from_args(config_file.parse(build_parser(), argv)))
 
 
 if __name__ == "__main__":

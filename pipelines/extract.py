@@ -73,6 +73,8 @@ class ExtractConfig:
     validation_block: float = 4.0  # seconds (> 0): films go to validation in contiguous blocks this long
     incremental: bool = False      # keep the dataset in ``output``, add only inputs its manifest lacks
     beam_args: tuple = ()          # Beam pipeline options ("--runner=...", "--temp_location=...", ...)
+    settings: dict = dataclasses.field(default=None, compare=False)  # {"job", "argv", "config_file",
+    # "flags"}: how the command was asked for (jobs.config_file), recorded in the summary so it can be repeated
 
     def __post_init__(self):
         for name in ("inputs", "size", "beam_args"):  # tuples whatever sequence was given: hashable, picklable
@@ -211,7 +213,8 @@ def _extract(config, output, started):
 
     summary = {"output": output, "manifest": mf.path(output), "inputs_found": len(inputs),
                "inputs_new": len(new), "inputs_already_extracted": len(done), "inputs_extracted": 0,
-               "inputs_bad": 0, "records_new": 0, "splits_new": {}, "shards_new": [], "skipped": skipped}
+               "inputs_bad": 0, "records_new": 0, "splits_new": {}, "shards_new": [], "skipped": skipped,
+               "settings": config.settings}
     if not new:
         summary.update(records_total=mf.counts(old)["total"], splits=_splits(old), runner=None,
                        seconds=round(time.time() - started, 3))

@@ -66,6 +66,8 @@ class RenderConfig:
     overwrite: bool = False        # replace an existing output (only a file or a folder a render wrote)
     runner: str = None             # Apache Beam runner for the segments (DirectRunner, ...); None = local
     beam_args: tuple = ()          # further Beam pipeline options ("--direct_num_workers", "2", ...); needs runner
+    settings: dict = dataclasses.field(default=None, compare=False)  # {"job", "argv", "config_file",
+    # "flags"}: how the command was asked for (jobs.config_file), recorded in the summary so it can be repeated
 
     def __post_init__(self):
         if self.blend is not None and not 0.0 <= self.blend <= 1.0:
@@ -172,6 +174,7 @@ def _render(c, held):
                     "batch_size": c.batch_size, "segment_seconds": c.segment_seconds,
                     "crf": c.crf if fmt.codec == "h264" else None,
                     "preset": c.preset if fmt.codec == "h264" else None, "pix_fmt": fmt.pix_fmt},
+        "settings": c.settings,
     }
     if fmt.is_sequence:
         staging = os.path.join(work.path, "final")

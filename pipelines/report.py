@@ -83,11 +83,11 @@ def truncate_history(run, step):
 
 # ------------------------------------------------------------------------------------------ the run page
 
-def write_run_report(run, figures, model_config=None, command=None):
+def write_run_report(run, figures, model_config=None, command=None, settings=None):
     """Write ``RUN/report.html`` and its plots from ``figures`` (the keys of the run's summary.json: step,
     epochs, images_per_s, train, validation, stopped, ...; any may be missing), the history file, and the
-    montages in ``RUN/montages``. ``command``: the command line that made the run (default: this process's).
-    Returns the page's path."""
+    montages in ``RUN/montages``. ``command``: the command line that made the run (default: this process's);
+    ``settings``: the resolved flags (``jobs.config_file``: config_file, flags). Returns the page's path."""
     history = read_history(run)
     plots = []
     for name, title, keys in (("loss", "loss per image", LOSS_TERMS), ("psnr", "PSNR (dB)", ("psnr",)),
@@ -124,6 +124,10 @@ def write_run_report(run, figures, model_config=None, command=None):
     if model_config:
         body.append(f"<h2>Model config</h2><pre>{_e(json.dumps(model_config, indent=2, sort_keys=True))}</pre>")
     body.append(f"<h2>Command line</h2><pre>{_e(command or shlex.join(sys.argv))}</pre>")
+    if settings and settings.get("flags"):
+        source = f" (command line over {settings['config_file']})" if settings.get("config_file") else ""
+        body.append(f"<h2>Resolved flags{_e(source)}</h2>"
+                    f"<pre>{_e(json.dumps(settings['flags'], indent=2, sort_keys=True))}</pre>")
     path = os.path.join(run, "report.html")
     _write_page(path, f"cadl run {os.path.basename(os.path.abspath(run))}", body)
     return path

@@ -530,7 +530,7 @@ class Trainer:
         settings = self.args.settings or {}
         command = f"cadl {settings['job']} {shlex.join(settings['argv'])}" if settings.get("argv") is not None \
             else None
-        report.write_run_report(self.out, figures, self.config, command)
+        report.write_run_report(self.out, figures, self.config, command, settings)
 
     def _write_summary(self, stop_reason, train_logs, val, history, start_step, train_steps, train_seconds,
                        export=None):

@@ -90,7 +90,8 @@ class TrainConfig:
     strategy: str = "auto"                  # "auto" | "default" | "mirrored" | "multiworker"
     steps_per_execution: int = 1            # training steps per tf.function call
     # the record of how the run was asked for (RUN/config.json, summary.json, report.html)
-    settings: Optional[dict] = None         # {"job", "argv", "config_file", "flags"} from jobs.config_file
+    settings: Optional[dict] = dataclasses.field(default=None, compare=False)  # {"job", "argv", "config_file",
+    # "flags"} from jobs.config_file: how the run was asked for, so that it can be repeated exactly
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "keep", "log_every", "checkpoint_every", "steps_per_execution",

@@ -56,7 +56,8 @@ def check_page(path):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A tiny run trained to step 8, its report kept, then resumed to step 16 (the history continues)."""
+    """A tiny run trained to step 8, its report kept, then resumed to step 16 (the history continues) with
+    its flags in a config file (the step target given on the command line)."""
     root = tmp_path_factory.mktemp("report")
     data = write_dataset(str(root / "data"), {"train": 32, "validation": 8})
     out = str(root / "run")
@@ -64,8 +65,12 @@ def runs(tmp_path_factory):
     first = str(root / "first")
     shutil.copytree(os.path.join(out, "report"), first)
     shutil.copy(os.path.join(out, "report.html"), os.path.join(first, "report.html"))
-    summary = train.run(["--data", data, "--out", out, "--max-steps", "16"] + TINY)
-    return {"out": out, "first": first, "summary": summary, "data": data}
+    toml = root / "train.toml"
+    toml.write_text(f"data = {data!r}\nout = {out!r}\nmax-steps = 8\npreset = 'tiny'\nbatch_size = 8\n"
+                    "no-progress = true\nlog-every = 2\nvalidate-every = 4\nmontage-every = 4\n"
+                    "validation-batches = 1\n")
+    summary = train.run(["--config", str(toml), "--max-steps", "16"])
+    return {"out": out, "first": first, "summary": summary, "data": data, "toml": str(toml)}
 
 
 def test_tensorboard_reads_the_scalars_and_images_cadl_writes(runs):
@@ -101,10 +106,27 @@ def test_run_report_refers_to_real_files_and_parses(runs):
     assert {"report/loss.png", "report/psnr.png", "montages/recon-0000016.png", "montages/latent-0000016.png",
             "montages/reconstructions.gif"} <= set(page.sources)
     text = " ".join(page.text)
-    assert "cadl train --data" in text and "--max-steps 16" in text  # the command line that made it
+    assert f"cadl train --config {runs['toml']} --max-steps 16" in text  # the command line that made it
+    assert runs["toml"] in text and '"validate_every": 4' in text  # the flags it resolved to
     assert '"latent": 8' in text  # the model config
     val = runs["summary"]["validation"]
     assert report._fmt(val["psnr"]) in text and report._fmt(runs["summary"]["epochs"]) in text
+
+
+def test_the_resolved_settings_are_in_config_json_and_summary_json(runs):
+    config = atomic.read_json(os.path.join(runs["out"], "config.json"))
+    for settings in (config["settings"], runs["summary"]["settings"]):
+        assert settings["job"] == "train" and settings["config_file"] == runs["toml"]
+        assert settings["argv"] == ["--config", runs["toml"], "--max-steps", "16"]
+        flags = settings["flags"]
+        assert flags["max_steps"] == 16 and flags["data"] == runs["data"] and flags["no_progress"] is True
+        assert flags["batch_size"] == 8 and flags["lr"] == 1e-3  # a default, written down too
+    assert "settings" not in config["training"]
+    # repeating the run from its record: the same flags parse to the same training config
+    from jobs import config_file
+    again = train.config_from_args(config_file.parse(train.build_parser(), runs["summary"]["settings"]["argv"]))
+    assert again == train.config_from_args(train.build_parser().parse_args(
+        ["--data", runs["data"], "--out", runs["out"], "--max-steps", "16"] + TINY))
 
 
 def test_plots_are_pngs_that_change_as_training_goes_on(runs):
