@@ -146,7 +146,7 @@ def _series(history, keys):
     return series
 
 
-def write_plot(path, series, title, log_y=False):
+def write_plot(path, series, title, log_y=False, xlabel="step"):
     """A PNG line plot of ``series`` {label: (xs, ys)} against the step, drawn with matplotlib's Agg
     canvas (no display, no global pyplot state), written atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -159,7 +159,7 @@ def write_plot(path, series, title, log_y=False):
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
     if log_y and all(v > 0 for _, ys in series.values() for v in ys):
         ax.set_yscale("log")
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
@@ -262,11 +262,13 @@ def write_retrain_report(work, history, versions):
         for who in ("candidate", "current"):
             psnr = (line.get(who) or {}).get("psnr")
             if isinstance(psnr, (int, float)) and np.isfinite(psnr):
-                xs, ys = series.setdefault(f"{who} validation PSNR", ([], []))
+                label = "candidate" if who == "candidate" else "promoted model"
+                xs, ys = series.setdefault(f"{label}, validation PSNR", ([], []))
                 xs.append(i + 1)
                 ys.append(psnr)
     if series:
-        write_plot(os.path.join(work, "report", "psnr.png"), series, "validation PSNR (dB) by run")
+        write_plot(os.path.join(work, "report", "psnr.png"), series, "validation PSNR (dB) by run",
+                   xlabel="run (oldest first)")
         body.append("<h2>Validation PSNR by run</h2>" + _img("report/psnr.png", "PSNR by run"))
     body += ["<h2>Runs, oldest first</h2>",
              _table(runs, header=("run", "status", "version", "candidate loss", "candidate PSNR", "promoted loss",

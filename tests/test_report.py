@@ -208,3 +208,16 @@ def test_render_report_on_a_rendered_film(runs, short_film, tmp_path):
     folder.mkdir()
     assert report.render_report(str(folder), summary, source[:2], rendered[:2]) == str(folder / "report.html")
     assert check_page(str(folder / "report.html")).sources == ["report-strip.png"]
+
+
+def test_retrain_report_tolerates_missing_figures_and_escapes(tmp_path):
+    history = [{"run_id": "r1", "status": "failed", "error": "<boom>"},
+               {"run_id": "r2", "status": "promoted", "version": "v0001", "latest": "v0001",
+                "candidate": {"loss": 3.0, "psnr": 20.5}, "reason": "first model"},
+               {"run_id": "r3", "status": "rejected", "candidate": {"loss": 4.0, "psnr": float("nan")},
+                "current": {"loss": 3.0, "psnr": 20.5}, "reason": "PSNR is worse"}]
+    path = report.write_retrain_report(str(tmp_path), history, {"v0001": {"reason": "first model"}})
+    page = check_page(path)
+    text = " ".join(page.text)
+    assert page.sources == ["report/psnr.png"] and "<boom>" in text and "&lt;boom&gt;" in open(path).read()
+    assert "20.5" in text and "PSNR is worse" in text
