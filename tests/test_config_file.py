@@ -101,3 +101,19 @@ def test_on_the_command_line_it_is_one_line_and_exit_2(tmp_path):
         lines = [line for line in done.stderr.splitlines() if line.startswith("cadl: error")]
         assert len(lines) == 1 and argv[1] in lines[0], done.stderr
     assert "key 'max-steps'" in lines[0] or "no such config file" in lines[0]
+
+
+def test_the_readme_config_files_parse_with_their_jobs(tmp_path):
+    """Each ```toml block of the README opens with ``# cadl JOB --config FILE`` and parses with that job."""
+    from test_readme import readme_blocks
+
+    blocks = [text for language, text in readme_blocks() if language == "toml"]
+    seen = set()
+    for text in blocks:
+        words = text.splitlines()[0].lstrip("# ").split()
+        assert words[0] == "cadl" and words[2] == "--config", text
+        path = _toml(tmp_path, text, words[3])
+        args = _parse(words[1], ["--config", path], known=True)[0]
+        assert args.settings["config_file"] == path
+        seen.add(words[1])
+    assert seen == set(JOBS)
