@@ -2,7 +2,8 @@
 
 Three pages, each rewritten atomically (``pipelines.atomic``) so a browser never shows half of one:
 
-- ``RUN/report.html`` (``write_run_report``, from ``pipelines.trainer`` at every validation and at the end):
+- ``RUN/report.html`` (``write_run_report``, from ``pipelines.trainer`` at validations, at most every 30 s,
+  and at the end):
   step, epochs, images/s, the train and validation loss terms, validation PSNR and any sharpness figures,
   plots of loss and PSNR over steps (``RUN/report/loss.png``, ``psnr.png``, ``sharpness.png`` when logged),
   the latest reconstruction and latent montages, the GIF, the model config and the command line. The plots
@@ -33,6 +34,7 @@ HISTORY = os.path.join("report", "history.jsonl")
 LOSS_TERMS = ("loss", "reconstruction", "kl")
 SHARPNESS = ("sharp", "laplacian", "gradient")  # a logged metric whose name holds one of these is plotted
 STRIP_FRAMES = 8  # frames in a render report's strip
+PLOT_POINTS = 2000  # at most this many points per curve (a long run's history is thinned evenly, ends kept)
 
 _STYLE = """body{font-family:sans-serif;margin:2em;max-width:72em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}
@@ -143,6 +145,10 @@ def _series(history, keys):
                 steps, values = series.setdefault(f"{line['kind']} {key}", ([], []))
                 steps.append(line["step"])
                 values.append(value)
+    for label, (steps, values) in series.items():
+        if len(steps) > PLOT_POINTS:
+            keep = sorted({round(i * (len(steps) - 1) / (PLOT_POINTS - 1)) for i in range(PLOT_POINTS)})
+            series[label] = ([steps[i] for i in keep], [values[i] for i in keep])
     return series
 
 

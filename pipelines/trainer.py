@@ -30,6 +30,7 @@ EXACT_RESUME_BYTES = 128 * 2**20  # exact_resume "auto": save the data position 
 HISTORY_MAX = 500  # loss points kept in summary.json
 MONTAGE_IMAGES = 16  # the fixed validation batch shown in recon montages (two rows of originals/reconstructions)
 LATENT_SAMPLES = 36  # z ~ N(0, I) decoded in latent montages (6 x 6)
+REPORT_SECONDS = 30.0  # RUN/report.html at a validation at most this often (it takes ~1 s on a long history)
 
 
 def model_config(config, manifest, stored=None, base=None):
@@ -170,6 +171,7 @@ class Trainer:
             "test" if mf.split_count(self.manifest, "test") else "train")
         self.val_files = tfdata.split_files(args.data, self.manifest, self.val_split)
         self.skipped = []  # [{"file", "reason"}] shards left out under --skip-corrupt
+        self._reported = 0.0  # when RUN/report.html was last written
 
         config_path = os.path.join(self.out, "config.json")
         self.ckpt_dir = os.path.join(self.out, "checkpoints")
@@ -525,8 +527,12 @@ class Trainer:
         report.record(self.out, "validation", self.step, val)
         return val
 
-    def _report(self, figures):
-        """Rewrite RUN/report.html (and its plots) from ``figures``: summary.json's keys, as far as known."""
+    def _report(self, figures, final=False):
+        """Rewrite RUN/report.html (and its plots) from ``figures``: summary.json's keys, as far as known.
+        During training at most every REPORT_SECONDS; ``final`` (the summary) always."""
+        if not final and time.time() - self._reported < REPORT_SECONDS:
+            return
+        self._reported = time.time()
         settings = self.args.settings or {}
         command = f"cadl {settings['job']} {shlex.join(settings['argv'])}" if settings.get("argv") is not None \
             else None
@@ -561,5 +567,5 @@ class Trainer:
             "report": os.path.join(self.out, "report.html"),
         }
         atomic.write_json(os.path.join(self.out, "summary.json"), summary)
-        self._report(summary)
+        self._report(summary, final=True)
         return summary
