@@ -309,7 +309,8 @@ def _number(value):
 def _table(rows, header=None, cls=None):
     head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}>{head}{body}</table>"
+    attribute = f' class="{cls}"' if cls else ""
+    return f"<table{attribute}>{head}{body}</table>"
 
 
 def _img(rel, alt):
