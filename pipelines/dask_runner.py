@@ -1,0 +1,308 @@
+"""Apache Beam's Dask runner, made to run cadl's pipelines on a dask.distributed cluster.
+
+    cadl extract FILMS --output DATA --runner DaskRunner --dask_client_address tcp://HOST:8786
+    cadl render FILM --model RUN --output OUT --runner DaskRunner [--dask_client_address ...]
+
+Without an address a local cluster of worker processes (one per core, 127.0.0.1 only) is started for the run
+and stopped after it. Scheduler and workers need cadl installed (``pip install 'cadl[dask]'``): this runner
+ships no code.
+
+Beam's ``DaskRunner`` (``apache_beam.runners.dask``, Beam 2.77) translates a pipeline into dask bags, but as it
+stands it cannot run cadl (each measured with a small pipeline, each with its own test in
+tests/test_dask_runner.py):
+- a ParDo's tagged outputs are not separated: every consumer receives every tag;
+- elements emitted in ``finish_bundle`` are dropped (collected before it runs);
+- only the last transform's bag is computed: with several sinks, the others never run;
+- ``Reshuffle`` is a no-op: all segments of a film decode in one task on one worker (and a lazy repartition
+  does not help: tasks run where their input is);
+- ``Impulse`` has no translation; side inputs are computed inside a task (``list(bag)``), not as graph
+  dependencies; ``metrics()`` raises; ``DaskRunner`` is not a name ``--runner`` knows.
+This subclass translates ParDo (a bag of (tag, value) pairs, filtered per consumer), Reshuffle (its elements
+computed, then new root tasks the scheduler spreads), Impulse, Create and side inputs (an Item the task depends on) itself and keeps Beam's
+GroupByKey and Flatten; it computes every leaf of the graph together, so shared stages run once. The results
+are verified by the caller (``pipelines.extract`` counts what the shards hold; ``pipelines.render`` checks
+each segment), never trusted from the runner's "DONE".
+
+It relies on Beam's runner internals, so it is pinned to the Beam versions it is tested with (``TESTED``).
+"""
+import functools
+import logging
+import os
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pipeline import PipelineVisitor
+from apache_beam.runners.runner import PipelineResult, PipelineState
+
+from pipelines.errors import CadlError
+
+try:  # Beam's Dask runner imports dask: without the [dask] extra, naming the runner is a one-line error
+    from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner as BeamDaskRunner
+    from apache_beam.runners.dask.overrides import _Create, _Flatten, _GroupByKeyOnly, _Reshuffle, dask_overrides
+except ImportError as e:
+    BeamDaskRunner, MISSING = object, e
+else:
+    MISSING = None
+
+log = logging.getLogger(__name__)
+
+TESTED = ("2.77",)             # Beam minor versions this runner is tested with
+NAMES = ("DaskRunner", "dask", "apache_beam.runners.dask.dask_runner.DaskRunner")  # what --runner may say
+MIN_PARTITIONS = 16            # a Reshuffle spreads its elements over at least this many tasks
+
+
+def is_dask(runner_name):
+    return (runner_name or "").strip() in NAMES or (runner_name or "").lower() == "daskrunner"
+
+
+def check_version():
+    if MISSING is not None:
+        raise CadlError(f"--runner DaskRunner needs dask.distributed ({MISSING}): pip install 'cadl[dask]'")
+    version = ".".join(beam.__version__.split(".")[:2])
+    if version not in TESTED:
+        raise CadlError(f"--runner DaskRunner: cadl's Dask runner is tested with Apache Beam "
+                        f"{', '.join(TESTED)}, not {beam.__version__} (pip install 'cadl[dask]')")
+
+
+# -- what runs inside a Dask task --------------------------------------------------------------------------
+def _receiver(tag, out):
+    """A Beam Receiver collecting one output tag's windowed values as (tag, value) pairs (Beam's output
+    handler accepts only its own Receiver type, a compiled class: hence the subclass made here, in the task)."""
+    from apache_beam.runners.common import Receiver
+
+    class _Receiver(Receiver):
+        def receive(self, windowed_value):
+            out.append((tag, windowed_value.value))
+
+    return _Receiver()
+
+
+class _Receivers(dict):
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def __missing__(self, tag):
+        receiver = self[tag] = _receiver(tag, self.out)
+        return receiver
+
+
+def _global(value):
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    return value if isinstance(value, WindowedValue) else WindowedValue(value, 0, (GlobalWindow(),))
+
+
+def _run_bundle(items, fn, label, window_fn, args, kwargs, side_views, *side_values):
+    """One dask partition as one Beam bundle: setup, start_bundle, process each, finish_bundle, teardown.
+    Returns every output, finish_bundle's included, as (tag, value); tag None is the main output."""
+    from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, _OutputHandler
+    from apache_beam.transforms.sideinputs import SideInputMap
+
+    out = []
+    receivers = _Receivers(out)
+    handler = _OutputHandler(window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers,
+                             per_element_output_counter=None, output_batch_converter=None,
+                             process_yields_batches=False, process_batch_yields_elements=False)
+    sides = [SideInputMap(view, options, [_global(v) for v in values])
+             for (view, options), values in zip(side_views, side_values)]
+    invoker = DoFnInvoker.create_invoker(
+        DoFnSignature(fn), handler, context=DoFnContext(label, state=None), side_inputs=sides,
+        input_args=list(args), input_kwargs=kwargs, user_state_context=None,
+        bundle_finalizer_param=beam.DoFn.BundleFinalizerParam())
+    invoker.invoke_setup()
+    invoker.invoke_start_bundle()
+    for item in items:
+        invoker.invoke_process(_global(item))
+    invoker.invoke_finish_bundle()
+    invoker.invoke_teardown()
+    return out
+
+
+def _has_tag(tag, pair):
+    return pair[0] == tag
+
+
+def _value(pair):
+    return pair[1]
+
+
+def _never(_):
+    return False
+
+
+def _concat(parts):
+    return [v for part in parts for v in part]
+
+
+# -- the translation ---------------------------------------------------------------------------------------
+class _Translation(PipelineVisitor):
+    """Every leaf transform -> a dask bag. ParDo bags hold (tag, value) pairs; a consumer's input keeps only
+    its PCollection's tag. ``leaves()``: the bags no transform consumes (the sinks)."""
+
+    def __init__(self, client, partitions, bag_kwargs):
+        self.client, self.partitions, self.bag_kwargs = client, partitions, bag_kwargs
+        self.bags, self.tagged, self.consumed, self.persisted = {}, set(), set(), []
+
+    def bag_of(self, pcoll):
+        producer = pcoll.producer
+        self.consumed.add(producer)
+        bag = self.bags[producer]
+        if producer in self.tagged:
+            bag = bag.filter(functools.partial(_has_tag, pcoll.tag)).map(_value)
+        return bag
+
+    def leaves(self):
+        return [bag for node, bag in self.bags.items() if node not in self.consumed]
+
+    def visit_transform(self, node):
+        import dask.bag as db
+
+        transform = node.transform
+        kind = type(transform)
+        if kind is _Reshuffle:
+            self.bags[node] = self._reshuffle(next(iter(node.main_inputs.values())))
+            return
+        inputs = [self.bag_of(p) for p in node.main_inputs.values() if not isinstance(p, pvalue.PBegin)]
+        if kind is _Create:
+            bag = self._create(list(transform.values))
+        elif kind is beam.Impulse:
+            bag = db.from_sequence([b""], npartitions=1)
+        elif kind is beam.ParDo:
+            bag = self._pardo(node, inputs[0])
+            self.tagged.add(node)
+        elif kind is _Flatten:
+            bag = db.concat(inputs)
+        elif kind is _GroupByKeyOnly:
+            from apache_beam.runners.dask.transform_evaluator import GroupByKey
+            bag = GroupByKey(node, bag_kwargs=self.bag_kwargs).apply(inputs[0])
+        elif len(inputs) == 1:
+            # WindowInto, GroupAlsoByWindow (the grouping above already dropped the windows): everything
+            # cadl runs is in the global window.
+            bag = inputs[0]
+        else:
+            raise CadlError(f"the Dask runner cannot run {node.full_label} ({kind.__name__})")
+        self.bags[node] = bag
+
+    def _create(self, values):
+        import dask.bag as db
+
+        if not values:
+            return db.from_sequence([None], npartitions=1).filter(_never)
+        return db.from_sequence(values, npartitions=min(len(values), self.partitions))
+
+    def _reshuffle(self, pcoll):
+        """The elements, computed now, as new root tasks of ``partitions`` partitions: tasks without inputs are
+        what the scheduler spreads over the workers (tasks that depend on data run where it is: a lazy
+        repartition keeps every segment of a film on the worker that planned it). The producer is kept
+        (persisted) so its other outputs are not computed twice. cadl reshuffles work descriptions (segments),
+        never records: the elements pass through the driver."""
+        producer = self.bags[pcoll.producer] = self.client.persist(self.bags[pcoll.producer])
+        self.persisted.append(producer)
+        return self._create(self.client.compute(self.bag_of(pcoll), sync=True))
+
+    def _pardo(self, node, bag):
+        transform = node.transform
+        args, kwargs = transform.raw_side_inputs
+        main = next(iter(node.main_inputs.values()))
+        window_fn = main.windowing.windowfn if hasattr(main, "windowing") else None
+        views, values = [], []
+        for side in node.side_inputs:
+            views.append((type(side), side._view_options()))
+            values.append(self.bag_of(side.pvalue).reduction(list, _concat))
+        return bag.map_partitions(_run_bundle, transform.fn, transform.label, window_fn, tuple(args), kwargs,
+                                  views, *values)
+
+
+class DaskRunnerResult(PipelineResult):
+    """The futures of the run's leaves; waiting gathers them (a worker's error is raised here), then closes
+    the client and any local cluster this run started."""
+
+    def __init__(self, client, futures, cluster=None):
+        super().__init__(PipelineState.RUNNING)
+        self.client, self.futures, self.cluster = client, futures, cluster
+
+    def wait_until_finish(self, duration=None):
+        import dask.distributed as dd
+
+        if self._state != PipelineState.RUNNING:
+            return self._state
+        try:
+            for _ in dd.as_completed(self.futures, timeout=None if duration is None else duration / 1000,
+                                     with_results=True):
+                pass
+            self._state = PipelineState.DONE
+        except BaseException:
+            self._state = PipelineState.FAILED
+            self.client.cancel(self.futures)
+            raise
+        finally:
+            self._close()
+        return self._state
+
+    def cancel(self):
+        self.client.cancel(self.futures)
+        self._close()
+        self._state = PipelineState.CANCELLED
+        return self._state
+
+    def _close(self):
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def metrics(self):
+        from apache_beam.runners.direct.direct_metrics import DirectMetrics
+        return DirectMetrics()  # counters are not collected from Dask workers (nothing in cadl reads them)
+
+
+class DaskRunner(BeamDaskRunner):
+    """Beam's Dask runner with the translation above (see the module docstring)."""
+
+    def run_pipeline(self, pipeline, options):
+        import dask.distributed as dd
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # workers coming and going, at INFO
+        dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+        bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
+        cluster = None
+        if not dask_options.get("address") and not dask_options.get("scheduler_file"):
+            cluster = dd.LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                                      host="127.0.0.1", dashboard_address=None)
+            dask_options["address"] = cluster.scheduler_address
+        try:
+            client = dd.Client(**dask_options)
+        except BaseException:
+            if cluster is not None:
+                cluster.close()
+            raise
+        try:
+            threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+            partitions = bag_kwargs.get("npartitions") or max(MIN_PARTITIONS, 4 * threads)
+            pipeline.replace_all(dask_overrides())
+            translation = _Translation(client, partitions, bag_kwargs)
+            pipeline.visit(translation)
+            futures = client.compute(translation.leaves())
+            del translation  # the persisted producers: released once the leaves that need them are submitted
+        except BaseException:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+            raise
+        return DaskRunnerResult(client, futures, cluster)
+
+
+def pipeline_options_for(beam_args):
+    """(options, DaskRunner()) when the options name the Dask runner, else (options, None)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    options = PipelineOptions(list(beam_args))
+    return options, (make() if is_dask(options.view_as(StandardOptions).runner) else None)
+
+
+def make():
+    """A DaskRunner, after checking that dask is installed and Beam is a version it is tested with."""
+    check_version()
+    return DaskRunner()
