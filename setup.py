@@ -4,6 +4,8 @@ The same file ships the code to Beam workers: ``cadl extract ... --setup_file ./
 """
 from setuptools import find_packages, setup
 
+DASK = ["apache-beam[dask]>=2.77,<2.78", "dask[bag]>=2024.1", "distributed>=2024.1"]
+
 setup(
     name="cadl",
     version="0.1.0",
@@ -23,6 +25,10 @@ setup(
         "opencv-python-headless",       # cv2 without GUI libraries: imports on servers and Beam workers
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # A Dask cluster through Beam (pipelines/dask_runner.py): pinned to the Beam it is tested with.
+        "dask": DASK,
+        "test": ["pytest>=7"] + DASK,
+    },
     entry_points={"console_scripts": ["cadl=jobs.cli:console"]},
 )

@@ -314,8 +314,6 @@ def _load_celeba(new, known_attributes):
 
 
 def _run_pipeline(settings, new, celebas):
-    import apache_beam as beam
-
     from pipelines import extract_beam
 
     films = [i for i in new if i.kind == "film"]
