@@ -16,15 +16,18 @@ tests/test_dask_runner.py):
 - ``Reshuffle`` is a no-op: all segments of a film decode in one task on one worker (and a lazy repartition
   does not help: tasks run where their input is);
 - ``Impulse`` has no translation; side inputs are computed inside a task (``list(bag)``), not as graph
-  dependencies; ``metrics()`` raises; ``DaskRunner`` is not a name ``--runner`` knows.
+  dependencies; ``metrics()`` raises (no DoFn counter is collected); ``DaskRunner`` is not a name
+  ``--runner`` knows.
 This subclass translates ParDo (a bag of (tag, value) pairs, filtered per consumer), Reshuffle (its elements
 computed, then new root tasks the scheduler spreads), Impulse, Create and side inputs (an Item the task depends on) itself and keeps Beam's
-GroupByKey and Flatten; it computes every leaf of the graph together, so shared stages run once. The results
+GroupByKey and Flatten; it computes every leaf of the graph together, so shared stages run once, and
+collects each bundle's metrics with its outputs. The results
 are verified by the caller (``pipelines.extract`` counts what the shards hold; ``pipelines.render`` checks
 each segment), never trusted from the runner's "DONE".
 
 It relies on Beam's runner internals, so it is pinned to the Beam versions it is tested with (``TESTED``).
 """
+import contextlib
 import functools
 import logging
 import os
@@ -50,6 +53,7 @@ log = logging.getLogger(__name__)
 TESTED = ("2.77",)             # Beam minor versions this runner is tested with
 NAMES = ("DaskRunner", "dask", "apache_beam.runners.dask.dask_runner.DaskRunner")  # what --runner may say
 MIN_PARTITIONS = 16            # a Reshuffle spreads its elements over at least this many tasks
+METRICS = "__cadl_metrics__"   # the output tag of a bundle's metric updates (no PCollection has it)
 
 
 def is_dask(runner_name):
@@ -112,13 +116,34 @@ def _run_bundle(items, fn, label, window_fn, args, kwargs, side_views, *side_val
         DoFnSignature(fn), handler, context=DoFnContext(label, state=None), side_inputs=sides,
         input_args=list(args), input_kwargs=kwargs, user_state_context=None,
         bundle_finalizer_param=beam.DoFn.BundleFinalizerParam())
-    invoker.invoke_setup()
-    invoker.invoke_start_bundle()
-    for item in items:
-        invoker.invoke_process(_global(item))
-    invoker.invoke_finish_bundle()
-    invoker.invoke_teardown()
+    with _metrics(label) as container:
+        invoker.invoke_setup()
+        invoker.invoke_start_bundle()
+        for item in items:
+            invoker.invoke_process(_global(item))
+        invoker.invoke_finish_bundle()
+        invoker.invoke_teardown()
+    out.append((METRICS, container.get_cumulative()))
     return out
+
+
+@contextlib.contextmanager
+def _metrics(step):
+    """A metrics container current for the bundle's thread, as Beam's workers have one: the DoFn's
+    ``Metrics.counter(...).inc()`` lands there, and its cumulative values travel with the bundle's outputs."""
+    from apache_beam.metrics.execution import MetricsContainer
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    container = MetricsContainer(step)
+    sampler = statesampler.StateSampler(step, CounterFactory())
+    state = sampler.scoped_state(step, "process", metrics_container=container)
+    sampler.start()
+    try:
+        with state:
+            yield container
+    finally:
+        sampler.stop()
 
 
 def _has_tag(tag, pair):
@@ -156,6 +181,11 @@ class _Translation(PipelineVisitor):
 
     def leaves(self):
         return [bag for node, bag in self.bags.items() if node not in self.consumed]
+
+    def metrics(self):
+        """One bag per ParDo: the metric updates of its bundles (only of those whose outputs were used: a task
+        run again after a lost worker counts once)."""
+        return [self.bags[node].filter(functools.partial(_has_tag, METRICS)).map(_value) for node in self.tagged]
 
     def visit_transform(self, node):
         import dask.bag as db
@@ -220,30 +250,38 @@ class DaskRunnerResult(PipelineResult):
     """The futures of the run's leaves; waiting gathers them (a worker's error is raised here), then closes
     the client and any local cluster this run started."""
 
-    def __init__(self, client, futures, cluster=None):
+    def __init__(self, client, futures, metric_futures=(), cluster=None):
         super().__init__(PipelineState.RUNNING)
-        self.client, self.futures, self.cluster = client, futures, cluster
+        self.client, self.futures, self.metric_futures, self.cluster = client, futures, list(metric_futures), cluster
+        self._metrics = None
 
     def wait_until_finish(self, duration=None):
         import dask.distributed as dd
 
         if self._state != PipelineState.RUNNING:
             return self._state
+        from apache_beam.runners.direct.direct_metrics import DirectMetrics
+
+        futures = self.futures + self.metric_futures
+        metrics = set(self.metric_futures)
+        self._metrics = DirectMetrics()
         try:
-            for _ in dd.as_completed(self.futures, timeout=None if duration is None else duration / 1000,
-                                     with_results=True):
-                pass
+            for future, result in dd.as_completed(futures, timeout=None if duration is None else duration / 1000,
+                                                  with_results=True):
+                if future in metrics:
+                    for updates in result:
+                        self._metrics.commit_logical(None, updates)
             self._state = PipelineState.DONE
         except BaseException:
             self._state = PipelineState.FAILED
-            self.client.cancel(self.futures)
+            self.client.cancel(futures)
             raise
         finally:
             self._close()
         return self._state
 
     def cancel(self):
-        self.client.cancel(self.futures)
+        self.client.cancel(self.futures + self.metric_futures)
         self._close()
         self._state = PipelineState.CANCELLED
         return self._state
@@ -254,8 +292,11 @@ class DaskRunnerResult(PipelineResult):
             self.cluster.close()
 
     def metrics(self):
-        from apache_beam.runners.direct.direct_metrics import DirectMetrics
-        return DirectMetrics()  # counters are not collected from Dask workers (nothing in cadl reads them)
+        """The DoFns' counters, distributions and gauges summed over the bundles (committed; after
+        ``wait_until_finish``)."""
+        if self._metrics is None:
+            raise RuntimeError("metrics are known once the pipeline has finished (wait_until_finish)")
+        return self._metrics
 
 
 class DaskRunner(BeamDaskRunner):
@@ -284,14 +325,18 @@ class DaskRunner(BeamDaskRunner):
             pipeline.replace_all(dask_overrides())
             translation = _Translation(client, partitions, bag_kwargs)
             pipeline.visit(translation)
-            futures = client.compute(translation.leaves())
+            leaves = translation.leaves()
+            # One graph, computed once: two compute calls would optimize (fuse) separately and run the
+            # shared tasks, side effects included, twice.
+            everything = client.compute(leaves + translation.metrics())
+            futures, metric_futures = everything[:len(leaves)], everything[len(leaves):]
             del translation  # the persisted producers: released once the leaves that need them are submitted
         except BaseException:
             client.close()
             if cluster is not None:
                 cluster.close()
             raise
-        return DaskRunnerResult(client, futures, cluster)
+        return DaskRunnerResult(client, futures, metric_futures, cluster)
 
 
 def pipeline_options_for(beam_args):

@@ -158,3 +158,23 @@ def test_the_runner_is_named_dask_runner_and_pinned(monkeypatch):
     monkeypatch.setattr(beam, "__version__", "2.99.0")
     with pytest.raises(dask_runner.CadlError, match="tested with Apache Beam 2.77, not 2.99.0"):
         dask_runner.pipeline_options_for(["--runner", "DaskRunner"])
+
+
+class Counted(beam.DoFn):
+    def __init__(self):
+        self.seen = beam.metrics.Metrics.counter("test", "seen")
+
+    def process(self, element):
+        self.seen.inc()
+        yield element
+
+
+def test_metrics_are_the_dofns_counters_summed_over_bundles(cluster):
+    options, runner = dask_runner.pipeline_options_for(
+        ["--runner", "DaskRunner", "--dask_client_address", cluster.scheduler_address])
+    p = beam.Pipeline(runner=runner, options=options)
+    _ = p | beam.Create(list(range(25))) | beam.Reshuffle() | beam.ParDo(Counted())
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(beam.metrics.MetricsFilter().with_name("seen"))["counters"]
+    assert sum(c.committed for c in counters) == 25
