@@ -20,7 +20,8 @@ tests/test_dask_runner.py):
   ``--runner`` knows.
 This subclass translates ParDo (a bag of (tag, value) pairs, filtered per consumer), Reshuffle (its elements
 computed, then new root tasks the scheduler spreads), Impulse, Create and side inputs (an Item the task depends on) itself and keeps Beam's
-GroupByKey and Flatten; it computes every leaf of the graph together, so shared stages run once, and
+GroupByKey and Flatten, and runs CombinePerKey as a tree reduction (its expansion, a GroupByKey, is a
+shuffle: 1,682 tasks for a 20-second film's extraction, 299 with the reduction); it computes every leaf of the graph together, so shared stages run once, and
 collects each bundle's metrics with its outputs. The results
 are verified by the caller (``pipelines.extract`` counts what the shards hold; ``pipelines.render`` checks
 each segment), never trusted from the runner's "DONE".
@@ -49,6 +50,35 @@ else:
     MISSING = None
 
 log = logging.getLogger(__name__)
+
+
+class _CombinePerKey(beam.PTransform):
+    """CombinePerKey as one primitive: translated into a tree reduction of per-key accumulators (a few tasks),
+    where its expansion (GroupByKey, then the combine) is a shuffle of thousands of tasks."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def expand(self, pcoll):
+        return beam.pvalue.PCollection.from_(pcoll)
+
+
+def _overrides():
+    """Beam's Dask overrides, and CombinePerKey (without side inputs) as a primitive. (CombineGlobally and
+    the combiners expand into CombinePerKey; it is what survives Beam's round trip through the Runner API.)"""
+    from apache_beam.pipeline import PTransformOverride
+    from apache_beam.transforms.core import CombineFn
+
+    class CombinePerKeyOverride(PTransformOverride):
+        def matches(self, applied):
+            t = applied.transform
+            return type(t) is beam.CombinePerKey and not t.args and not t.kwargs
+
+        def get_replacement_transform_for_applied_ptransform(self, applied):
+            return _CombinePerKey(CombineFn.maybe_from_callable(applied.transform.fn))
+
+    return [CombinePerKeyOverride()] + dask_overrides()
 
 TESTED = ("2.77",)             # Beam minor versions this runner is tested with
 NAMES = ("DaskRunner", "dask", "apache_beam.runners.dask.dask_runner.DaskRunner")  # what --runner may say
@@ -146,6 +176,28 @@ def _metrics(step):
         sampler.stop()
 
 
+def _accumulate(fn, items):
+    """One partition of (key, value) -> {key: accumulator}."""
+    if hasattr(fn, "setup"):
+        fn.setup()
+    accs = {}
+    for key, value in items:
+        accs[key] = fn.add_input(accs[key] if key in accs else fn.create_accumulator(), value)
+    return accs
+
+
+def _merge(fn, parts):
+    merged = {}
+    for accs in parts:
+        for key, acc in accs.items():
+            merged.setdefault(key, []).append(acc)
+    return {key: fn.merge_accumulators(accs) for key, accs in merged.items()}
+
+
+def _extract(fn, accs):
+    return [(key, fn.extract_output(acc)) for key, acc in accs.items()]
+
+
 def _has_tag(tag, pair):
     return pair[0] == tag
 
@@ -205,6 +257,11 @@ class _Translation(PipelineVisitor):
             self.tagged.add(node)
         elif kind is _Flatten:
             bag = db.concat(inputs)
+        elif kind is _CombinePerKey:
+            fn = transform.fn
+            accs = inputs[0].reduction(functools.partial(_accumulate, fn), functools.partial(_merge, fn),
+                                       split_every=8)
+            bag = db.from_delayed([accs.apply(functools.partial(_extract, fn)).to_delayed()])
         elif kind is _GroupByKeyOnly:
             from apache_beam.runners.dask.transform_evaluator import GroupByKey
             bag = GroupByKey(node, bag_kwargs=self.bag_kwargs).apply(inputs[0])
@@ -322,7 +379,7 @@ class DaskRunner(BeamDaskRunner):
         try:
             threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
             partitions = bag_kwargs.get("npartitions") or max(MIN_PARTITIONS, 4 * threads)
-            pipeline.replace_all(dask_overrides())
+            pipeline.replace_all(_overrides())
             translation = _Translation(client, partitions, bag_kwargs)
             pipeline.visit(translation)
             leaves = translation.leaves()
