@@ -146,9 +146,13 @@ def _render(c, held):
     if pending and c.runner:
         # Workers load the resolved .keras file: a LATEST symlink switched meanwhile cannot mix models.
         render_with_beam(plan, os.path.abspath(model_file), pending, ["--runner", c.runner] + list(c.beam_args))
-        for k in pending:
-            if not os.path.exists(plan.segment_path(k)):
-                raise CadlError(f"{plan.segment_path(k)}: the Beam pipeline did not produce this segment")
+        for k in pending:  # never trust the runner's "done": every segment there, with all its frames
+            path, (first, stop) = plan.segment_path(k), plan.segments[k]
+            if not os.path.exists(path):
+                raise CadlError(f"{path}: the Beam pipeline did not produce this segment")
+            got = video_out.segment_frames(path, fmt)
+            if got != stop - first:
+                raise CadlError(f"{path}: the Beam pipeline left {got} frames of this segment's {stop - first}")
             work.mark(k)
         stats["frames"] = sum(plan.segments[k][1] - plan.segments[k][0] for k in pending)
     elif pending:
