@@ -463,6 +463,14 @@ class Trainer:
         """Train to the first budget reached, validate, export; returns the summary (also summary.json)."""
         try:
             return self._fit()
+        except self.tf.errors.UnavailableError:
+            if not self.multiworker:
+                raise
+            # A worker died or cannot be reached (in any collective op: a step, a checkpoint, an agreement):
+            # every worker stops; the chief's last checkpoint is where they all resume.
+            good = self.tf.train.latest_checkpoint(os.path.join(self.run_dir, "checkpoints"))
+            raise CadlError(f"{self.run_dir}: another worker stopped answering at step {self.step}; restart "
+                            f"every worker with the same command to resume from {good or 'the start'}") from None
         finally:
             if self.scratch is not None:  # a worker other than the chief: its copy of the outputs goes
                 shutil.rmtree(self.scratch, ignore_errors=True)
@@ -516,14 +524,6 @@ class Trainer:
                 t = time.time()
                 try:
                     logs = self.model.train_function(it)
-                except tf.errors.UnavailableError:
-                    if not self.multiworker:
-                        raise
-                    bar.close()  # a worker died or cannot be reached: every worker stops, the chief's checkpoint stays
-                    good = tf.train.latest_checkpoint(os.path.join(self.run_dir, "checkpoints"))
-                    raise CadlError(f"{self.run_dir}: another worker stopped answering at step {self.step}; "
-                                    f"restart every worker with the same command to resume from {good or 'the start'}"
-                                    ) from None
                 except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
                     self.data_error(e, self.train_files)
                     it = self.iterator = self.train_stream(resume_step=self.step)

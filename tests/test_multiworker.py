@@ -3,7 +3,8 @@
 One run, in two launches of the same two commands (slow: CI runs ``pytest -m slow``). The first launch starts
 from nothing; once the chief has a checkpoint, worker 1 is killed -9 and the chief stops with one line. The
 second launch resumes both workers from the chief's checkpoint to the step asked. The ports are free ones
-picked here, every process is killed at teardown, and every wait has a timeout.
+picked here, every process is killed at teardown, and every wait has a timeout. Fast: the strategy asked for
+after other TensorFlow work is a one-line error.
 """
 import json
 import os
@@ -19,9 +20,9 @@ import pytest
 import tensorflow as tf
 
 from pipelines import atomic, export, tfdata, training
+from pipelines.errors import CadlError
+from pipelines.trainer import pick_strategy
 from train_data import write_dataset
-
-pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY, KILL_AFTER = 24, 4, 8  # the step asked; checkpoints every EVERY; worker 1 dies after ckpt-KILL_AFTER
@@ -45,6 +46,11 @@ def free_ports(n):
 def latest_step(run):
     path = tf.train.latest_checkpoint(os.path.join(run, "checkpoints"))
     return int(re.search(r"ckpt-(\d+)$", path).group(1)) if path else None
+
+
+def scratch_folders(tmp):
+    """The scratch folders in worker 1's temp dir (where TensorFlow's autograph also writes its files)."""
+    return sorted(n for n in os.listdir(os.path.join(tmp, "tmp-1")) if n.startswith("cadl-worker-"))
 
 
 class Cluster:
@@ -94,9 +100,11 @@ def cluster(tmp_path_factory):
             time.sleep(0.05)
         assert chief.poll() is None and worker.poll() is None, c.output("first", 0)[-3000:]
         worker.send_signal(signal.SIGKILL)
-        c.killed_rc, c.chief_rc = worker.wait(timeout=30), chief.wait(timeout=60)
+        killed = time.time()
+        c.killed_rc, c.chief_rc = worker.wait(timeout=30), chief.wait(timeout=90)
+        c.chief_seconds = time.time() - killed
         c.resumable = latest_step(c.run)
-        c.scratch_left = os.listdir(os.path.join(tmp, "tmp-1"))  # the killed worker's scratch stays behind
+        c.scratch_left = scratch_folders(tmp)  # the killed worker's scratch stays behind
         for p in c.launch("second"):
             p.wait(timeout=WAIT)
         c.rcs = [p.returncode for p in c.procs]
@@ -108,14 +116,17 @@ def cluster(tmp_path_factory):
         c.kill_all()
 
 
+@pytest.mark.slow
 def test_killing_a_worker_stops_the_chief_in_one_line(cluster):
     assert cluster.killed_rc == -signal.SIGKILL
     assert cluster.chief_rc == 2, cluster.output("first", 0)[-3000:]
     errors = [line for line in cluster.output("first", 0).splitlines() if line.startswith("cadl: error:")]
     assert len(errors) == 1 and "another worker stopped answering" in errors[0]
     assert f"resume from {os.path.join(cluster.run, 'checkpoints', 'ckpt-')}" in errors[0]
+    print(f"the chief stopped {cluster.chief_seconds:.1f} s after worker 1 was killed")
 
 
+@pytest.mark.slow
 def test_both_workers_resume_from_the_chiefs_checkpoint_and_reach_the_step(cluster):
     assert cluster.rcs == [0, 0], cluster.output("second", 0)[-3000:] + cluster.output("second", 1)[-3000:]
     assert KILL_AFTER <= cluster.resumable < STEPS and cluster.resumable % EVERY == 0
@@ -127,6 +138,7 @@ def test_both_workers_resume_from_the_chiefs_checkpoint_and_reach_the_step(clust
         assert summary["replicas"] == 2 and summary["batch_size"] == 8
 
 
+@pytest.mark.slow
 def test_both_workers_report_identical_losses(cluster):
     chief, worker = cluster.summaries
     steps = list(range(cluster.resumable + 2, STEPS + 1, 2))
@@ -138,6 +150,7 @@ def test_both_workers_report_identical_losses(cluster):
     assert chief["history"][-1]["loss"] < chief["history"][0]["loss"]  # it goes on learning
 
 
+@pytest.mark.slow
 def test_the_chief_alone_writes_the_run_folder(cluster):
     chief = cluster.summaries[0]
     assert sorted(os.listdir(cluster.run)) == [".cadl", "checkpoints", "config.json", "export", "logs", "montages",
@@ -147,9 +160,10 @@ def test_the_chief_alone_writes_the_run_folder(cluster):
     # Worker 1 wrote only into its scratch folder in its temp dir, removed when it finished; kill -9 leaves one.
     assert not cluster.summaries[1]["export"].startswith(cluster.run)
     assert len(cluster.scratch_left) == 1 and cluster.scratch_left[0].startswith("cadl-worker-1-")
-    assert os.listdir(os.path.join(cluster.tmp, "tmp-1")) == cluster.scratch_left
+    assert scratch_folders(cluster.tmp) == cluster.scratch_left
 
 
+@pytest.mark.slow
 def test_the_export_loads_and_infers(cluster):
     images = tfdata.load_images(cluster.data, "validation", 8)
     inference = export.load_inference(cluster.run)
@@ -163,3 +177,14 @@ def test_the_export_loads_and_infers(cluster):
     evaluated = training.evaluate(cluster.run, cluster.data, batch_size=8)
     for k in ("loss", "reconstruction", "kl", "psnr"):
         assert evaluated[k] == pytest.approx(validation[k], rel=1e-4)
+
+
+def test_the_strategy_after_other_tensorflow_work_is_one_line(monkeypatch):
+    """MultiWorkerMirroredStrategy configures collective ops, which only works before TensorFlow's runtime
+    starts (here it has: this process listed its devices)."""
+    tf.config.list_logical_devices("CPU")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_ports(1)[0]}"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(CadlError, match="multiworker: Collective ops must be configured at program startup; it "
+                                        "must be the first TensorFlow work of its process"):
+        pick_strategy("multiworker")
