@@ -25,7 +25,7 @@ from pipelines.trainer import pick_strategy
 from train_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS, EVERY, KILL_AFTER = 24, 4, 8  # the step asked; checkpoints every EVERY; worker 1 dies after ckpt-KILL_AFTER
+STEPS, EVERY, KILL_AFTER = 16, 4, 4  # the step asked; checkpoints every EVERY; worker 1 dies after ckpt-KILL_AFTER
 # `cadl train` as jobs.cli runs it (exit codes, one-line errors), printing the summary it returns.
 WORKER = ("import json, sys\nimport jobs\nfrom jobs import train\n"
           "sys.exit(jobs.main(lambda argv: print('SUMMARY ' + json.dumps(train.run(argv)), flush=True), "
