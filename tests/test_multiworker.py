@@ -154,7 +154,7 @@ def test_both_workers_report_identical_losses(cluster):
 def test_the_chief_alone_writes_the_run_folder(cluster):
     chief = cluster.summaries[0]
     assert sorted(os.listdir(cluster.run)) == [".cadl", "checkpoints", "config.json", "export", "logs", "montages",
-                                               "summary.json"]
+                                               "report", "report.html", "summary.json"]
     assert atomic.read_json(os.path.join(cluster.run, "summary.json")) == chief
     assert latest_step(cluster.run) == STEPS
     # Worker 1 wrote only into its scratch folder in its temp dir, removed when it finished; kill -9 leaves one.
