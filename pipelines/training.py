@@ -19,8 +19,9 @@ save a checkpoint before leaving (KeyboardInterrupt); a ``kill -9`` loses at mos
 
 GPU: ``precision="mixed_bfloat16"|"mixed_float16"`` (float16 with dynamic loss scaling), ``jit`` (XLA), and
 every visible GPU through ``tf.distribute.MirroredStrategy`` (``batch_size`` is the global batch). Several
-machines: set ``TF_CONFIG`` on each worker, give every worker the same config with ``strategy="multiworker"``
-and a shared ``data`` (e.g. gs://); worker 0 (the chief) writes RUN, the others ``RUN/workers/<index>/``.
+machines: set ``TF_CONFIG`` on each worker, give every worker the same config with ``strategy="multiworker"``,
+a shared ``data`` (e.g. gs://) and ``out``; worker 0 (the chief) writes RUN, the others a scratch folder in their
+temp dir (removed at the end) and resume from the chief's checkpoints.
 """
 import dataclasses
 import json
