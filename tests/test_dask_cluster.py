@@ -78,6 +78,17 @@ def long_film(tmp_path_factory):
                      extra_video_args=("-g", "10", "-keyint_min", "10", "-sc_threshold", "0"))
 
 
+def _has_ffmpeg_child(pid):
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                with open(f"/proc/{name}/stat") as f:
+                    comm, rest = f.read().rsplit(")", 1)
+                if int(rest.split()[1]) == pid and "ffmpeg" in comm:
+                    return True
+    return False
+
+
 def _records(folder):
     """{split: sorted record bytes} and the manifest's counts: what a dataset holds, whoever wrote it."""
     import json
@@ -139,23 +150,18 @@ def test_a_worker_killed_mid_extract_loses_and_repeats_nothing(cluster, long_fil
 
     job = threading.Thread(target=run)
     job.start()
-    # Kill the first worker seen writing a shard into the run's temp folder: a task dies mid-write.
+    # Kill the first worker seen decoding (an ffmpeg child of its own): a task dies mid-segment, and the
+    # results that worker held (segments it decoded before) are lost with it.
     victim, deadline = None, time.monotonic() + 120
     while victim is None and job.is_alive() and time.monotonic() < deadline:
         for name, proc in cluster.workers.items():
-            with contextlib.suppress(OSError):
-                fds = os.listdir(f"/proc/{proc.pid}/fd")
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        if ".cadl-extract-" in os.readlink(f"/proc/{proc.pid}/fd/{fd}"):
-                            victim = name
-                            break
-            if victim:
+            if _has_ffmpeg_child(proc.pid):
+                victim = name
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
-        time.sleep(0.01)
+        time.sleep(0.005)
     job.join(timeout=300)
-    assert victim, "no worker was seen writing"
+    assert victim, "no worker was seen decoding"
     assert not job.is_alive() and not failure, failure
     assert result["records_new"] == 500
     _same_dataset(tmp_path / "local", tmp_path / "dask")
