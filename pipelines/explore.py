@@ -225,8 +225,12 @@ def neighbours(c):
             raise CadlError(f"{c.input}: {c.start:g} s is past the end of the film ({info.duration:.3f} s long)")
         if picture:
             picks = sorted(set(np.linspace(lo, hi - 1, min(c.samples, hi - lo)).round().astype(int).tolist()))
-            queries = np.stack([f for i, _, f in media.read_frames(c.input, size=size, fit=fit, info=info,
-                                                                   start=lo, stop=hi) if i in picks])
+            # one short decode per row (a seek each), not the whole film for eight frames
+            queries = [f for i in picks for _, _, f in media.read_frames(c.input, size=size, fit=fit, info=info,
+                                                                         start=i, stop=i + 1)]
+            if len(queries) != len(picks):
+                raise CadlError(f"{c.input}: some of frames {picks} cannot be decoded")
+            queries = np.stack(queries)
             rows = [{"input": c.input, "frame_index": i, "timestamp": round(info.timestamp(i), 6)} for i in picks]
     if picture:
         found, distances = latent.nearest(model.encode(queries), encodings.z, c.k)
