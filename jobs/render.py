@@ -94,6 +94,8 @@ def config_from_args(args, beam_args=()):
         audio_track=args.audio_track, deinterlace="off" if args.keep_fields else "auto",
         stall_seconds=args.stall_seconds, batch_size=args.batch_size, segment_seconds=args.segment_seconds,
         overwrite=args.overwrite, runner=args.runner, beam_args=tuple(beam_args))
+    if args.attribute_data and not args.attribute:
+        raise CadlError("--attribute-data: give the attribute too, e.g. --attribute Smiling=1.5")
     if args.attribute:
         config = dataclasses.replace(config, attribute=tuple(latent.parse_attribute(a) for a in args.attribute),
                                      attribute_data=args.attribute_data)

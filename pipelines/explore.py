@@ -214,10 +214,9 @@ def neighbours(c):
     model, model_file = latent.load(c.model)
     cfg = model.config
     size, fit = tuple(cfg["image_size"]), cfg.get("fit", "crop")
-    encodings = latent.encode_dataset(model, model_file, c.data, c.split)
     if still:
         queries, rows = latent.read_picture(c.input, size, fit, cfg["channels"])[None], [{"input": c.input}]
-    else:
+    else:  # the film's range is checked before the dataset is encoded
         info = media.probe(c.input)
         lo = latent.film_index(info, c.start)
         hi = info.num_frames if c.end is None else max(lo + 1, latent.film_index(info, c.end, before=True) + 1)
@@ -232,6 +231,7 @@ def neighbours(c):
                 raise CadlError(f"{c.input}: some of frames {picks} cannot be decoded")
             queries = np.stack(queries)
             rows = [{"input": c.input, "frame_index": i, "timestamp": round(info.timestamp(i), 6)} for i in picks]
+    encodings = latent.encode_dataset(model, model_file, c.data, c.split)
     if picture:
         found, distances = latent.nearest(model.encode(queries), encodings.z, c.k)
         images = encodings.images(found.ravel())

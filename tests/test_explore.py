@@ -235,6 +235,22 @@ def test_render_with_an_attribute_applies_it_to_every_frame(faces, tmp_path):
     assert again["frames"] == n and np.abs(_frames(tmp_path / "smile2.mp4").astype(int) - b).max() <= 2
 
 
+def test_render_attribute_without_a_vector_for_this_model_is_one_line(faces, film, tmp_path, capsys):
+    import shutil
+    from jobs import render
+    model_file = tmp_path / "copy.keras"
+    shutil.copy(latent.load(faces[0])[1], model_file)  # a model file with nothing saved next to it
+    assert jobs.main(render.run, ["--model", str(model_file), "--input", str(film), "--output",
+                                  str(tmp_path / "out.mp4"), "--attribute", "Smiling=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cadl: error: ") and "\n" not in err
+    assert "attributes.json" in err and "--attribute-data" in err and not os.path.exists(tmp_path / "out.mp4")
+    assert jobs.main(render.run, ["--model", str(model_file), "--input", str(film), "--output",
+                                  str(tmp_path / "out.mp4"), "--attribute", "Bald=1", "--attribute-data",
+                                  faces[1]]) == 2
+    assert "no attribute 'Bald'" in capsys.readouterr().err
+
+
 def test_map_places_one_thumbnail_per_sampled_record(faces, tmp_path):
     run, data = faces
     summary = explore_job.run(["map", "--model", run, "--data", data, "--samples", "30", "--output",
