@@ -102,6 +102,16 @@ def test_time_specs():
     assert latent.parse_attribute("Smiling=-1.5") == ("Smiling", -1.5)
     with pytest.raises(CadlError, match="NAME=AMOUNT"):
         latent.parse_attribute("Smiling")
+    assert latent.parse_rate("30000/1001") == Fraction(30000, 1001) and latent.parse_rate("29.97") == Fraction("29.97")
+    with pytest.raises(CadlError, match="--fps 0"):
+        latent.parse_rate("0")
+
+
+def test_film_sizes():
+    assert latent.output_size((16, 16)) == (16, 16)
+    assert latent.output_size((16, 24), film={"height": 72}) == (72, 108)  # the film's height, the model's aspect
+    assert latent.output_size((16, 16), size=(45, 81)) == (44, 80)        # 4:2:0 needs even sides
+    assert latent.output_size((16, 16), size=(45, 81), even=False) == (45, 81)
 
 
 # ---- on the trained model ----
@@ -119,8 +129,8 @@ def test_interpolation_ends_are_the_reconstructions_of_a_and_b(faces, model, fil
     recon = model.reconstruct(np.stack([a, b]))
     assert _psnr(frames[0], recon[0]) >= 35 and _psnr(frames[-1], recon[1]) >= 35
     distance = [np.abs(f.astype(float) - frames[0]).mean() for f in frames]
-    assert all(later >= earlier - 0.05 for earlier, later in zip(distance, distance[1:]))
-    assert distance[-1] > 5 * distance[1] > 0
+    assert all(later > earlier for earlier, later in zip(distance, distance[1:]))  # strictly, frame by frame
+    assert distance[-1] > 10 * distance[1]
     assert json.load(open(f"{out}.summary.json"))["path"] == "slerp"
     h264 = explore_job.run(["interpolate", "--model", run, "--from", str(tmp_path / "a.png"), "--to",
                             f"{film}@0.6", "--frames", "12", "--output", str(tmp_path / "ab.mp4"), "--crf", "0",
@@ -202,7 +212,7 @@ def test_the_attribute_vector_moves_the_colour_the_right_way(faces, model, tmp_p
     tiles = [[montage[1 + r * 17:17 + r * 17, 1 + c * 17:17 + c * 17] for c in range(6)] for r in range(4)]
     for row in tiles:
         red = [_redness(t) for t in row[1:]]  # amounts -2, -1, 0, 1, 2
-        assert red[-1] > red[2] + 10 > red[0] + 20, red
+        assert all(np.diff(red) > 5) and red[-1] > red[0] + 100, red  # warmer with every step
 
 
 def _faces_film(data, path):
