@@ -13,11 +13,13 @@ import argparse
 import sys
 
 import jobs
+from jobs import config_file
 from pipelines import explore, geometry, video_out
 from pipelines.errors import CadlError
 
 
 def _model(p):
+    config_file.add_option(p)
     p.add_argument("--model", required=True,
                    help="trained VAE: a run folder, its export/ folder, a .keras file or a symlink to one")
 
@@ -50,8 +52,8 @@ def build_parser():
         description="Explore a trained VAE's latent space: interpolation and walk films, the nearest training "
                     "frames of another film, CelebA attribute vectors, a map of a dataset. Encodings of a "
                     "dataset and attribute vectors are cached in the run folder (RUN/explore/).",
-        epilog="Every subcommand writes OUT.summary.json next to OUT. 'cadl explore SUBCOMMAND --help' lists "
-               "its options.")
+        epilog="Every subcommand writes OUT.summary.json next to OUT and takes --config FILE.toml (its flags "
+               "as keys). 'cadl explore SUBCOMMAND --help' lists its options.")
     sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     s = sub.add_parser("interpolate", help="a film from A to B through the latent space",
@@ -154,7 +156,7 @@ def _parse_amounts(text):
 
 def config_from_args(args):
     """Parsed flags -> the subcommand's config."""
-    common = {"model": args.model}
+    common = {"model": args.model, "settings": getattr(args, "settings", None)}
     if args.command == "interpolate":
         return explore.InterpolateConfig(**common, start=args.start, end=args.end, output=args.output,
                                          frames=args.frames, fps=args.fps, linear=args.linear, gif=args.gif,
@@ -181,7 +183,7 @@ COMMANDS = {"interpolate": explore.interpolate, "walk": explore.walk, "neighbour
 
 
 def run(argv=None):
-    args = build_parser().parse_args(argv)
+    args = config_file.parse(build_parser(), argv)
     return COMMANDS[args.command](config_from_args(args))
 
 

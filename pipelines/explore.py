@@ -32,7 +32,8 @@ def _summary_path(output):
     return os.path.abspath(os.fspath(output)) + ".summary.json"
 
 
-def _finish(summary, output):
+def _finish(summary, output, settings=None):
+    summary["settings"] = settings
     atomic.write_json(_summary_path(output), summary)
     log.info("wrote %s (summary %s)", output, _summary_path(output))
     return summary
@@ -74,6 +75,8 @@ class InterpolateConfig:
     size: Optional[tuple] = None  # (H, W) of the film's frames (default: the model's), letterboxed
     codec: str = "auto"          # video_out.CODECS: auto = h264 for .mp4/.mkv, prores for .mov; ffv1 lossless
     crf: int = 18                # H.264 quality 0..51
+    settings: Optional[dict] = dataclasses.field(default=None, compare=False)  # what the command resolved
+                                 # (cadl's --config: {"job", "argv", "config_file", "flags"}), into the summary
 
 
 def interpolate(c):
@@ -99,7 +102,7 @@ def interpolate(c):
         gif = os.path.splitext(os.path.abspath(c.output))[0] + ".gif"
         visual.write_gif(gif, frames, fps=min(50.0, float(rate)))
         summary["gif"] = gif
-    return _finish(summary, c.output)
+    return _finish(summary, c.output, c.settings)
 
 
 # ---- walk ----
@@ -120,6 +123,8 @@ class WalkConfig:
     size: Optional[tuple] = None  # (H, W) (default: the model's, or the dataset's film's height)
     codec: str = "auto"
     crf: int = 18
+    settings: Optional[dict] = dataclasses.field(default=None, compare=False)  # what the command resolved
+                                 # (cadl's --config: {"job", "argv", "config_file", "flags"}), into the summary
 
 
 def prior_path(n, latent_size, frames_per_sigma, seed=0, temperature=1.0):
@@ -181,7 +186,7 @@ def walk(c):
                "audio": os.path.abspath(c.audio) if c.audio else None, "audio_codec": info.audio_codec,
                "format": fmt.describe(),
                "visited": [encodings.describe(v) for v in visited[:int(np.ceil(n / per)) + 1]] if visited else []}
-    return _finish(summary, c.output)
+    return _finish(summary, c.output, c.settings)
 
 
 # ---- neighbours ----
@@ -200,6 +205,8 @@ class NeighboursConfig:
     zoom: int = 1                # enlarge tiles this many times (nearest neighbour)
     codec: str = "auto"
     crf: int = 18
+    settings: Optional[dict] = dataclasses.field(default=None, compare=False)  # what the command resolved
+                                 # (cadl's --config: {"job", "argv", "config_file", "flags"}), into the summary
 
 
 def neighbours(c):
@@ -248,7 +255,7 @@ def neighbours(c):
                "rows": [dict(r, neighbours=[dict(encodings.describe(i), distance=round(float(d), 5))
                                             for i, d in zip(idx, dist)])
                         for r, idx, dist in zip(rows, found, distances)]}
-    return _finish(summary, c.output)
+    return _finish(summary, c.output, c.settings)
 
 
 def _zoom_all(tiles, zoom):
@@ -314,6 +321,8 @@ class AttributeConfig:
     split: str = "train"         # records the vector is computed from
     faces_split: str = "validation"
     zoom: int = 1
+    settings: Optional[dict] = dataclasses.field(default=None, compare=False)  # what the command resolved
+                                 # (cadl's --config: {"job", "argv", "config_file", "flags"}), into the summary
 
 
 def attribute(c):
@@ -341,7 +350,7 @@ def attribute(c):
                "without": n_off, "vector_norm": float(np.linalg.norm(vector)), "saved": saved,
                "amounts": [round(float(a), 6) for a in amounts], "output": os.path.abspath(c.output),
                "faces": [faces.describe(i) for i in picks]}
-    return _finish(summary, c.output)
+    return _finish(summary, c.output, c.settings)
 
 
 # ---- map ----
@@ -361,6 +370,8 @@ class MapConfig:
                                  # scatter: at their coordinates on a canvas (thumbnails may overlap)
     canvas: int = 1024           # scatter: the picture's side in pixels
     zoom: int = 1                # thumbnails enlarged this many times
+    settings: Optional[dict] = dataclasses.field(default=None, compare=False)  # what the command resolved
+                                 # (cadl's --config: {"job", "argv", "config_file", "flags"}), into the summary
 
 
 def pca_2d(z):
@@ -419,4 +430,4 @@ def map_dataset(c):
                "data": os.path.abspath(c.data), "split": c.split, "records": len(encodings),
                "samples": len(picks), "layout": c.layout, "explained_variance": [round(v, 5) for v in explained],
                "thumbnail": [th, tw], "output": os.path.abspath(c.output), "placed": placed}
-    return _finish(summary, c.output)
+    return _finish(summary, c.output, c.settings)

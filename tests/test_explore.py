@@ -148,8 +148,10 @@ def test_a_walk_has_the_frames_and_rate_asked_for(faces, film, tmp_path):
     assert info.num_frames == summary["frames"] == round(1.5 * 30000 / 1001)
     assert info.fps == Fraction(30000, 1001) and not info.vfr and (info.width, info.height) == (32, 32)
     assert info.audio_codec == "aac"
-    through = explore_job.run(["walk", "--model", run, "--data", data, "--seconds", "2", "--fps", "10",
-                               "--smoothness", "0.5", "--output", str(tmp_path / "data_walk.mp4")])
+    config = tmp_path / "walk.toml"  # flags from a file, as every job takes them
+    config.write_text(f'model = "{run}"\ndata = "{data}"\nseconds = 2\nfps = "10"\nsmoothness = 0.5\n')
+    through = explore_job.run(["walk", "--config", str(config), "--output", str(tmp_path / "data_walk.mp4")])
+    assert through["settings"]["config_file"] == str(config) and through["settings"]["subcommand"] == "walk"
     info = media.probe(tmp_path / "data_walk.mp4")
     assert info.num_frames == 20 and info.fps == 10 and through["through"] == os.path.abspath(data)
     assert len(through["visited"]) == 5  # a dataset frame every 0.5 s: at 0, 0.5, 1, 1.5 and past the end
