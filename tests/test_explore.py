@@ -157,6 +157,18 @@ def test_a_walk_has_the_frames_and_rate_asked_for(faces, film, tmp_path):
     assert len(through["visited"]) == 5  # a dataset frame every 0.5 s: at 0, 0.5, 1, 1.5 and past the end
 
 
+def test_a_walk_through_a_films_frames_takes_its_rate_and_height(faces, tmp_path):
+    from jobs import extract
+    film = make_film(tmp_path / "ntsc.mp4", "testsrc2", seconds=1, size=(64, 48), rate="30000/1001", audio=False)
+    extract.run(["--input", str(film), "--output", str(tmp_path / "film_data"), "--size", "16x16"])
+    summary = explore_job.run(["walk", "--model", faces[0], "--data", str(tmp_path / "film_data"), "--seconds", "1",
+                               "--output", str(tmp_path / "walk.mp4")])
+    info = media.probe(tmp_path / "walk.mp4")
+    assert info.fps == Fraction(30000, 1001) and (info.height, info.width) == (48, 48) == (summary["height"],
+                                                                                         summary["width"])
+    assert info.num_frames == 30 and {v["source"] for v in summary["visited"]} == {str(film)}
+
+
 def test_neighbours_of_a_training_frame_start_with_itself(faces, tmp_path):
     run, data = faces
     _record_png(data, 17, tmp_path / "train17.png", split="train")
