@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-JOBS = ("extract", "train", "render", "retrain", "info", "autoencoder", "classifier", "demo")
+JOBS = ("extract", "train", "render", "retrain", "info", "explore", "autoencoder", "classifier", "demo")
 
 
 def main(run, argv=None):

@@ -17,6 +17,7 @@ jobs:
   train        train the convolutional VAE on extracted shards
   render       re-render a film through a trained VAE
   retrain      scheduled step: extract what is new, warm-start, evaluate, promote
+  explore      a trained VAE's latent space: interpolations, walks, neighbours, attributes, maps
   info         what cadl sees in a film: streams, size and aspect, rotation, fields, rate, frames, audio
   autoencoder  the course's autoencoders on MNIST / CIFAR-10 / CelebA / an image folder
   classifier   the course's linear and convolutional classifiers

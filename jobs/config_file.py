@@ -33,6 +33,14 @@ def parse(parser, argv=None, job=None, known=False):
     """Parse ``argv`` (default sys.argv[1:]) with the file named by --config merged in; ``known``: like
     ``parse_known_args`` (returns ``(args, unknown)``). ``args.settings`` records the resolved flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    sub = _subcommand(parser, argv)
+    if sub is not None:  # ``cadl JOB SUBCOMMAND --config FILE ...``: keys are the subcommand's flags
+        dest, name, subparser = sub
+        result = parse(subparser, argv[1:], job or parser.prog.split()[-1], known)
+        args = result[0] if known else result
+        setattr(args, dest, name)
+        args.settings.update(argv=argv, subcommand=name)
+        return result
     path = _config_path(argv)
     if path is not None:
         _apply(parser, path, _given(parser, argv))
@@ -44,6 +52,14 @@ def parse(parser, argv=None, job=None, known=False):
     args.settings = {"job": job or parser.prog.split()[-1], "argv": argv,
                      "config_file": os.path.abspath(path) if path else None, "flags": _jsonable(flags)}
     return (args, unknown) if known else args
+
+
+def _subcommand(parser, argv):
+    """``(dest, name, its parser)`` when ``argv`` starts with one of ``parser``'s subcommands, else None."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and argv and argv[0] in action.choices:
+            return action.dest, argv[0], action.choices[argv[0]]
+    return None
 
 
 def _config_path(argv):
@@ -94,7 +110,7 @@ def _apply(parser, path, given):
     for key, value in table.items():
         action = by_key.get(key)
         if action is None:
-            raise CadlError(f"{path}: unknown key {key!r}: cadl {parser.prog.split()[-1]} has no --{key.replace('_', '-')}"
+            raise CadlError(f"{path}: unknown key {key!r}: {parser.prog} has no --{key.replace('_', '-')}"
                             " (keys are flag names without dashes)")
         if action.dest in values:
             raise CadlError(f"{path}: key {key!r}: the same flag is given twice in the file")

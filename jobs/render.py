@@ -12,7 +12,7 @@ import sys
 
 import jobs
 from jobs import config_file
-from pipelines import geometry, media, video_out
+from pipelines import geometry, latent, media, video_out
 from pipelines.errors import CadlError
 from pipelines.render import RenderConfig, render
 
@@ -61,6 +61,12 @@ def build_parser():
     p.add_argument("--smooth", type=int, default=1, metavar="K",
                    help="average each frame's latent z over the K frames centred on it (K rounded up to "
                         "odd) before decoding, to reduce flicker (default: 1 = off)")
+    p.add_argument("--attribute", action="append", default=[], metavar="NAME=AMOUNT",
+                   help="add AMOUNT x a CelebA attribute's latent vector to every frame, e.g. Smiling=1.5 "
+                        "(repeatable); the vector is the one cadl explore attribute saved in the run folder, "
+                        "or computed from --attribute-data")
+    p.add_argument("--attribute-data", default=None, metavar="DATA",
+                   help="CelebA records (with attributes) to compute --attribute vectors from")
     p.add_argument("--no-audio", action="store_true", help="leave the source's audio out")
     p.add_argument("--audio-track", type=int, default=0, metavar="N",
                    help="which of the source's audio tracks to keep, counted from 0 (default: 0, the first; "
@@ -91,6 +97,11 @@ def config_from_args(args, beam_args=()):
         stall_seconds=args.stall_seconds, batch_size=args.batch_size, segment_seconds=args.segment_seconds,
         overwrite=args.overwrite, runner=args.runner, beam_args=tuple(beam_args),
         settings=getattr(args, "settings", None))
+    if args.attribute_data and not args.attribute:
+        raise CadlError("--attribute-data: give the attribute too, e.g. --attribute Smiling=1.5")
+    if args.attribute:
+        config = dataclasses.replace(config, attribute=tuple(latent.parse_attribute(a) for a in args.attribute),
+                                     attribute_data=args.attribute_data)
     if args.output_size is None:
         return config
     # Parsed after the other knobs are checked, so a command with several bad flags names the same first.

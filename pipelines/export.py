@@ -97,7 +97,8 @@ def load_model(path):
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CadlError(f"{keras_file}: cannot load model ({reason})") from None
     if not isinstance(model, VAE):
-        raise CadlError(f"{keras_file}: not a cadl VAE (found {type(model).__name__})")
+        raise CadlError(f"{keras_file}: a {type(model).__name__} ({type(model).__module__}), not cadl's film VAE: "
+                        f"it has no encoder and decoder to render or explore with (train one with cadl train)")
     return model
 
 

@@ -57,6 +57,8 @@ class RenderConfig:
     side_by_side: bool = False     # the original and the reconstruction next to each other (twice as wide)
     blend: float = None            # ALPHA in [0, 1]: ALPHA x reconstruction + (1 - ALPHA) x original; None = 1
     smooth: int = 1                # frames K (>= 1, rounded up to odd) over which each latent z is averaged
+    attribute: tuple = ()          # ((NAME, AMOUNT), ...): add AMOUNT x that attribute's vector to every z
+    attribute_data: str = None     # dataset the vectors come from; None = those saved in RUN/explore/
     audio: bool = True             # keep the source's audio
     audio_track: int = 0           # which of the source's audio tracks, counted from 0
     deinterlace: str = "auto"      # media.DEINTERLACE: "auto" deinterlaces interlaced films, "off" keeps fields
@@ -123,12 +125,14 @@ def _render(c, held):
     t = time.time()
     model, model_file = _load_model(c.model)
     load_seconds = time.time() - t
+    shift = _attribute_shift(c, model, model_file)
     layout = geometry.make_layout(info, model.config, fmt, c.output_size, c.scale, c.side_by_side, c.blend)
     work = WorkFolder(out)
     held.enter_context(work.locked())  # before the first write: a second render exits 75 here
     plan = SegmentPlan(info=info, layout=layout, fmt=fmt, parts=work.path,
                        segments=tuple(info.segments(c.segment_seconds)), smooth=c.smooth_frames,
-                       batch_size=c.batch_size, deinterlace=c.deinterlace, stall_seconds=c.stall_seconds)
+                       batch_size=c.batch_size, deinterlace=c.deinterlace, stall_seconds=c.stall_seconds,
+                       latent_shift=shift)
     done = work.open(_fingerprint(info, model_file, plan), plan.segments, fmt)
     pending = [k for k in range(len(plan.segments)) if k not in done]
     resumed_at = plan.segments[pending[0]][0] if done and pending else (info.num_frames if done else 0)
@@ -180,6 +184,8 @@ def _render(c, held):
                     "preset": c.preset if fmt.codec == "h264" else None, "pix_fmt": fmt.pix_fmt},
         "settings": c.settings,
     }
+    if c.attribute:
+        summary["attribute"] = {"amounts": dict(c.attribute), "data": c.attribute_data}
     if fmt.is_sequence:
         staging = os.path.join(work.path, "final")
         joined = video_out.join_sequence(seg_paths, staging, info, keep_audio=c.audio, audio_track=c.audio_track)
@@ -261,6 +267,14 @@ def _load_model(path):
         raise CadlError(f"{path}: the model was trained on {channels}-channel images; films are rendered "
                         f"in colour (3 channels): train on colour frames")
     return model, model_file
+
+
+def _attribute_shift(c, model, model_file):
+    """``--attribute``: the latent offset added to every frame's z (a tuple, picklable for Beam), or None."""
+    if not c.attribute:
+        return None
+    from pipelines import latent
+    return tuple(float(v) for v in latent.attribute_shift(model, model_file, c.attribute, c.attribute_data))
 
 
 # ---- the work folder: committed segments and the state that says what they belong to ----
@@ -350,7 +364,8 @@ def _fingerprint(info, model_file, plan):
     what = {"input": [os.path.abspath(info.path), info.size_bytes, info.mtime],
             "model": [os.path.realpath(model_file), stat.st_size, stat.st_mtime],
             "layout": dataclasses.asdict(plan.layout), "format": dataclasses.asdict(plan.fmt),
-            "smooth": plan.smooth, "batch_size": plan.batch_size, "deinterlace": plan.deinterlace}
+            "smooth": plan.smooth, "batch_size": plan.batch_size, "deinterlace": plan.deinterlace,
+            "latent_shift": plan.latent_shift}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -68,6 +68,7 @@ class SegmentPlan:
     parts: str                 # the work folder
     segments: tuple            # ((start, stop), ...) frame ranges
     smooth: int = 1            # frames averaged per latent: odd, 1 = off
+    latent_shift: tuple = None  # added to every frame's z before decoding (--attribute), None = off
     batch_size: int = 16       # frames per model call
     deinterlace: str = "auto"  # media.DEINTERLACE
     stall_seconds: float = media.STALL_SECONDS
@@ -309,15 +310,20 @@ def _infer(plan, model, get, put, frames_q, out_q, starts, radius, stats):
         if not batch:
             return True
         inputs = [x for _, x, _ in batch]
-        if radius == 0:
+        if radius == 0 and plan.latent_shift is None:
             images = run_model(model.reconstruct, inputs)
             for (index, _, frame), image in zip(batch, images):
                 if emit[0] <= index < emit[1] and not put(out_q, (index, image, frame)):
                     return False
         else:
             zs = run_model(model.encode, inputs)
+            if plan.latent_shift is not None:
+                zs = zs + np.asarray(plan.latent_shift, zs.dtype)
             for (index, _, frame), z in zip(batch, zs):
-                pending.extend(smoother.push(index, z, frame))
+                if smoother is not None:
+                    pending.extend(smoother.push(index, z, frame))
+                elif emit[0] <= index < emit[1]:
+                    pending.append((index, z, frame))
             if not decode_pending():
                 return False
         batch.clear()
