@@ -134,3 +134,27 @@ def score(reference, test, batch_size=64):
         for a, b in zip(reference, test):
             scorer.update(a, b)
     return scorer.result()
+
+
+def score_films(source, rendered, size, fit="crop", batch_size=64, deinterlace="auto", stall_seconds=None):
+    """The figures of film ``rendered`` against film ``source``, frame i against frame i, both decoded by
+    ffmpeg at ``size`` (H, W) with ``fit`` (a render's model input size and fit: the source as the model saw
+    it, the written output, codec losses included, brought back to the same pixels). Streams ``batch_size``
+    frames at a time."""
+    from pipelines import media
+
+    scorer = Scorer()
+    a = media.read_frames(source, size=size, fit=fit, deinterlace=deinterlace, stall_seconds=stall_seconds)
+    b = media.read_frames(rendered, size=size, fit=fit, deinterlace="off", stall_seconds=stall_seconds)
+    refs, tests = [], []
+    for (_, _, ref), (_, _, test) in zip(a, b):
+        refs.append(ref)
+        tests.append(test)
+        if len(refs) == batch_size:
+            scorer.update(np.stack(refs), np.stack(tests))
+            refs, tests = [], []
+    if refs:
+        scorer.update(np.stack(refs), np.stack(tests))
+    a.close()
+    b.close()
+    return scorer.result()
