@@ -9,7 +9,8 @@ layer. Here:
     x (B, H, W, C) -> VAE encoder -> z -> VAE decoder -> y          (the film VAE of models.vae, unchanged)
     D: x or y -> [features after each 4x4 stride-2 spectral-norm conv, ...] -> logits (B, H/2^n, W/2^n, 1)
 
-    generator loss = pixel (the VAE's summed L1, optionally + MS-SSIM) + beta * KL      (warm-up: only this)
+    generator loss = pixel (the VAE's summed error, optionally + MS-SSIM) + beta * KL   (warm-up: only this,
+                                                                        the plain VAE's step; D idle)
                    + on, after ``gan_start`` steps:  feature_weight * P * mean_l |D_l(x) - D_l(y)|
                                                    + lambda * (-mean D(y))         (hinge generator term)
         lambda = adv_weight * ||dNLL/dW_last|| / (||dADV/dW_last|| + 1e-4), clipped to [0, 1e4], no gradient
@@ -32,13 +33,15 @@ GAN_DEFAULTS = {
     "disc_widths": [32, 64, 128],  # channels of D's 4x4 stride-2 convs; the patch each logit sees grows with them
     "feature_weight": 1.0,         # weight of the feature-matching (learned similarity) term
     "adv_weight": 0.5,             # factor on the adaptive weight of the hinge adversarial term (0: off)
-    "gan_start": 300,              # optimizer steps of pixel-only training before features + adversarial
+    "gan_start": 250,              # optimizer steps of pixel-only training before features + adversarial
     "d_floor": 0.3,                # balance: D is not updated while its hinge loss is below this (0: always)
     "ms_ssim_weight": 0.0,         # > 0: pixel loss += weight * P * (1 - MS-SSIM) at the scales that fit
 }
 
-# What the VAE itself uses under the sharp preset: an L1 pixel loss (less blur-seeking than squared error).
-VAE_PRESET = {"loss": "l1"}
+# What the VAE itself uses under the sharp preset: the default's (summed squared error: an L1 pixel loss, the
+# median, left moving objects out of the reconstructions in the first hundreds of steps: README, "Sharp
+# re-renders"; --loss l1 still chooses it).
+VAE_PRESET = {}
 
 
 def make_gan_config(overrides=None):
@@ -121,7 +124,8 @@ class VAEGAN(VAE):
                 return layer.kernel
         raise ValueError("decoder has no kernel")
 
-    def _pixel(self, x, y, terms):
+    def _pixel(self, x, terms, y=None):
+        """The pixel loss: the VAE's reconstruction term, + MS-SSIM when asked (needs the images ``y``)."""
         if not self.gan["ms_ssim_weight"]:
             return terms["reconstruction"]
         scales = ms_ssim_scales(self.config["image_size"])
@@ -133,26 +137,46 @@ class VAEGAN(VAE):
 
     def train_step(self, data):
         x = to_float(data)
+        # The warm-up is the plain VAE's step (D neither runs nor trains: warm-up steps cost what the default
+        # model's do); from gan_start on, the generator's and D's steps together.
+        on = self.optimizer.iterations >= self.gan["gan_start"]
+        terms = tf.cond(on, lambda: self._gan_step(x), lambda: self._pixel_step(x))
+        return self._report(terms, tf.shape(x)[0])
+
+    def _pixel_step(self, x):
+        g_vars = self.generator_variables
+        with tf.GradientTape() as tape:
+            y, z_mean, z_log_var = self.forward(x, training=True)
+            terms = self.terms(x, y, z_mean, z_log_var, training=True)
+            pixel = self._pixel(x, terms, y)
+            loss = pixel + terms["beta"] * terms["kl"]
+            scaled = self.optimizer.scale_loss(loss / tf.distribute.get_strategy().num_replicas_in_sync)
+        self.optimizer.apply(tape.gradient(scaled, g_vars), g_vars)
+        zero = tf.constant(0.0)
+        terms.update(loss=loss, pixel=pixel, features=zero, adversarial=zero, adv_weight=zero, d_loss=zero,
+                     d_real=zero, d_fake=zero, d_updates=zero)
+        return terms
+
+    def _gan_step(self, x):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        on = tf.cast(self.optimizer.iterations >= self.gan["gan_start"], tf.float32)
         pixels = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
         g_vars = self.generator_variables
         with tf.GradientTape(persistent=True) as tape:
             y, z_mean, z_log_var = self.forward(x, training=True)
             terms = self.terms(x, y, z_mean, z_log_var, training=True)
-            pixel = self._pixel(x, y, terms)
+            pixel = self._pixel(x, terms, y)
             # D in inference mode here: the generator's step must not move D's spectral-norm estimates.
             real, fake = self.discriminator(x, training=False), self.discriminator(y, training=False)
             features = tf.add_n([tf.reduce_mean(tf.abs(tf.cast(a, tf.float32) - tf.cast(b, tf.float32)))
                                  for a, b in zip(real[:-1], fake[:-1])]) / len(real[:-1])
             features = self.gan["feature_weight"] * pixels * features
-            nll = pixel + on * features
-            adversarial = -tf.reduce_mean(fake[-1])
+            nll = pixel + features
+            adversarial = -tf.reduce_mean(tf.cast(fake[-1], tf.float32))
             with tape.stop_recording():
                 kernel = self._last_kernel()
                 g_nll, g_adv = tape.gradient(nll, kernel), tape.gradient(adversarial, kernel)
                 weight = tf.norm(g_nll) / (tf.norm(g_adv) + 1e-4)
-                weight = tf.stop_gradient(tf.clip_by_value(weight, 0.0, 1e4)) * self.gan["adv_weight"] * on
+                weight = tf.stop_gradient(tf.clip_by_value(weight, 0.0, 1e4)) * self.gan["adv_weight"]
             loss = nll + terms["beta"] * terms["kl"] + weight * adversarial
             scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, g_vars)
@@ -170,10 +194,9 @@ class VAEGAN(VAE):
         d_grads = d_tape.gradient(d_scaled, d_vars)
         update = d_loss >= self.gan["d_floor"]  # the balance rule: a D that wins this clearly waits
         tf.cond(update, lambda: self._apply_d(d_grads, d_vars), lambda: tf.constant(False))
-
         terms.update(loss=loss, pixel=pixel, features=features, adversarial=adversarial, adv_weight=weight,
                      d_loss=d_loss, d_real=d_real, d_fake=d_fake, d_updates=tf.cast(update, tf.float32))
-        return self._report(terms, tf.shape(x)[0])
+        return terms
 
     def _apply_d(self, grads, variables):
         self.d_optimizer.apply(grads, variables)

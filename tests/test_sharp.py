@@ -51,10 +51,12 @@ def test_discriminator_learns_to_tell_frames_from_reconstructions():
     model = _model(gan_start=3, d_floor=0.0)
     logs = _steps(model, tf.constant(frames(8, (16, 16))), 25)
     assert GAN_TERMS <= set(logs[0])
-    assert logs[0]["d_loss"] == pytest.approx(2.0, abs=0.3)  # an untrained D cannot tell: hinge loss ~ 1 + 1
-    assert np.mean([h["d_loss"] for h in logs[-5:]]) < logs[0]["d_loss"] - 0.3
-    assert all(h["d_updates"] == 1.0 for h in logs)
-    assert logs[0]["adv_weight"] == 0.0 and logs[-1]["adv_weight"] > 0  # switched on after the warm-up
+    warm, gan = logs[:3], logs[3:]
+    assert all(h["d_updates"] == 0.0 and h["adv_weight"] == 0.0 and h["loss"] == pytest.approx(h["pixel"] + h["beta"] * h["kl"])
+               for h in warm)  # the warm-up: pixels only, D idle
+    assert gan[0]["d_loss"] == pytest.approx(2.0, abs=0.3)  # an untrained D cannot tell: hinge loss ~ 1 + 1
+    assert np.mean([h["d_loss"] for h in gan[-5:]]) < gan[0]["d_loss"] - 0.3
+    assert all(h["d_updates"] == 1.0 and h["adv_weight"] > 0 for h in gan)
     assert logs[-1]["loss"] > logs[-1]["pixel"]  # features and the adversarial term are in the loss now
 
 
@@ -71,7 +73,7 @@ def test_sharp_run_folder(sharp_run):
     out, summary = sharp_run
     config = atomic.read_json(os.path.join(out, "config.json"))
     assert config["training"]["preset"] == "sharp" and config["sharp"]["disc_widths"] == [8, 16]
-    assert config["model"]["loss"] == "l1"
+    assert config["model"]["loss"] == vae.DEFAULTS["loss"]
     assert summary["step"] == 12 and GAN_TERMS <= set(summary["train"]) and GAN_TERMS <= set(summary["history"][-1])
     assert {"psnr", "ssim", "laplacian_ratio"} <= set(summary["validation"])
     assert summary["validation_laplacian_ratio"] == summary["validation"]["laplacian_ratio"] > 0
