@@ -89,7 +89,7 @@ def add_options(p, preset_defaults=True):
     s.add_argument("--d-floor", type=float,
                    help="balance rule: the discriminator is not updated while its hinge loss is below this")
     s.add_argument("--ms-ssim-weight", type=float, help="> 0: add weight x (1 - MS-SSIM) to the pixel loss")
-    s.add_argument("--d-lr", type=float, default=2e-4, help="the discriminator's Adam learning rate")
+    s.add_argument("--d-lr", type=float, default=5e-4, help="the discriminator's Adam learning rate")
 
     t = p.add_argument_group("optimisation")
     t.add_argument("--batch-size", type=int, default=32, help="images per step (global, over all replicas)")

@@ -70,7 +70,7 @@ class TrainConfig:
     gan_start: Optional[int] = None         # steps of pixel-only training before features + adversarial
     d_floor: Optional[float] = None         # balance: D waits while its hinge loss is below this
     ms_ssim_weight: Optional[float] = None  # > 0: pixel loss += weight x (1 - MS-SSIM) per pixel
-    d_lr: float = 2e-4                      # the discriminator's Adam learning rate (sharp)
+    d_lr: float = 5e-4                      # the discriminator's Adam learning rate (sharp)
     # optimisation
     batch_size: int = 32                    # images per step (global, over all replicas)
     lr: float = 1e-3                        # Adam learning rate
