@@ -7,7 +7,7 @@
 4. render the target film through the trained VAE, alone and side by side with the original.
 
 ``--sharp`` trains the sharp preset instead (the VAE against a PatchGAN discriminator, ``models/vaegan.py``;
-its adversarial terms start after 100 steps here, to fit the short budget) and scores the render against
+its adversarial terms start after 50 steps here, to fit the short budget) and scores the render against
 its film (``summary.json``'s ``render.score``: PSNR, SSIM, Laplacian ratio, flicker ratio).
 
 Every stage is the real one: the library function (``pipelines.extract.extract``, ``pipelines.training.train``,
@@ -53,7 +53,7 @@ def build_parser():
     return p
 
 
-SHARP_GAN_START = 100  # steps of pixel-only warm-up under --sharp: the demo's budget is a few hundred steps
+SHARP_GAN_START = 50  # steps of pixel-only warm-up under --sharp: the demo gets 100-300 steps (2 shared cores)
 
 
 def _stage(number, title):
