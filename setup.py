@@ -4,6 +4,8 @@ The same file ships the code to Beam workers: ``cadl extract ... --setup_file ./
 """
 from setuptools import find_packages, setup
 
+DASK = ["apache-beam[dask]>=2.77,<2.78", "dask[bag]>=2024.1", "distributed>=2024.1"]
+
 setup(
     name="cadl",
     version="0.1.0",
@@ -22,7 +24,13 @@ setup(
         "imageio-ffmpeg>=0.5",          # ships an ffmpeg binary: no system ffmpeg needed
         "opencv-python-headless",       # cv2 without GUI libraries: imports on servers and Beam workers
         "tqdm",
+        "tensorboard>=2.16",           # the viewer of RUN/logs: TensorFlow 2.21 no longer installs it
+        "matplotlib>=3.7",             # RUN/report.html's plots (Agg backend: no display needed)
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # A Dask cluster through Beam (pipelines/dask_runner.py): pinned to the Beam it is tested with.
+        "dask": DASK,
+        "test": ["pytest>=7"] + DASK,
+    },
     entry_points={"console_scripts": ["cadl=jobs.cli:console"]},
 )

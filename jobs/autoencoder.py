@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 import jobs
-from jobs import course
+from jobs import config_file, course
 from models import autoencoders
 from pipelines import course as engine
 from pipelines import course_pictures as pictures
@@ -67,11 +67,12 @@ def build_parser():
                    help="VAEs: steps over which the KL term's weight rises from 0 to 1 (default 1000; 0: off)")
     course.add_training_arguments(parser, "passes over the training split (default 5, as in the lesson)",
                                   batch_size=100, learning_rate=1e-3)
+    config_file.add_option(parser)
     return parser
 
 
 def run(argv=None):
-    args = build_parser().parse_args(argv)
+    args = config_file.parse(build_parser(), argv)
     started = time.time()
     if args.epochs is None:
         args.epochs = 5
@@ -137,7 +138,7 @@ def run(argv=None):
         "test_split": "test" if len(ds.test) else ("validation" if len(ds.valid) else None),
         "test": test, "test_reconstruction_error": error and error["mse"], "test_psnr": error and error["psnr"],
         "history": state["history"], "parameters": int(model.count_params()),
-        "train_seconds": train_seconds, "time_s": None, "outputs": outputs,
+        "train_seconds": train_seconds, "settings": args.settings, "time_s": None, "outputs": outputs,
     }
     if rate and len(test_split):
         summary["test_denoising_error"] = pictures.denoising_error(model, test_split.pixels, rate, args.seed)

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 import jobs
-from jobs import course
+from jobs import config_file, course
 from models import classifiers
 from pipelines import course as engine
 from pipelines import course_pictures as pictures
@@ -64,11 +64,12 @@ def build_parser():
                    help="conv: random shifts by up to F of the image size while training (e.g. 0.1)")
     course.add_training_arguments(parser, "passes over the training split (default: 5 linear, 10 conv)",
                                   batch_size=50, learning_rate=1e-3)
+    config_file.add_option(parser)
     return parser
 
 
 def run(argv=None):
-    args = build_parser().parse_args(argv)
+    args = config_file.parse(build_parser(), argv)
     started = time.time()
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS[args.model]
@@ -116,7 +117,7 @@ def run(argv=None):
         "test_accuracy": test.get("accuracy"), "test_loss": test.get("loss"),
         "validation_accuracy": state["history"][-1]["validation"].get("accuracy") if state["history"] else None,
         "history": state["history"], "parameters": int(model.count_params()),
-        "train_seconds": train_seconds, "outputs": outputs,
+        "train_seconds": train_seconds, "settings": args.settings, "outputs": outputs,
     }
     engine.finish(model, loop, ds.image_shape, state, summary, started)
     log.info("test accuracy %s (chance %.3f); outputs in %s",

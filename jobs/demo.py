@@ -30,6 +30,7 @@ import sys
 import time
 
 import jobs
+from jobs import config_file
 from pipelines import atomic, geometry
 from pipelines.errors import CadlError
 from pipelines.synthetic import make_film
@@ -50,6 +51,7 @@ def build_parser():
                         "faster but renders only the centre square of a 16:9 film)")
     p.add_argument("--sharp", action="store_true",
                    help="train the sharp preset (VAE + PatchGAN discriminator) and score the render")
+    config_file.add_option(p)
     return p
 
 
@@ -62,7 +64,7 @@ def _stage(number, title):
 
 
 def run(argv=None):
-    args = build_parser().parse_args(argv)
+    args = config_file.parse(build_parser(), argv)
     try:
         size = geometry.parse_size(args.size)
     except ValueError as e:
@@ -121,7 +123,7 @@ def run(argv=None):
             "montages": os.path.join(run_dir, "montages"),
             "gif": _first_existing(run_dir, ("reconstructions.gif", "montages/reconstructions.gif")),
         },
-        "seconds": timings,
+        "seconds": timings, "settings": args.settings,
     }
     atomic.write_json(os.path.join(out, "summary.json"), summary)
     print(f"\ncadl demo finished in {timings['total']:.0f} s:")

@@ -32,6 +32,7 @@ import argparse
 import sys
 
 import jobs
+from jobs import config_file
 from pipelines import geometry
 from pipelines.errors import CadlError
 from pipelines.extract import TMP_PREFIX, ExtractConfig, extract
@@ -56,6 +57,7 @@ def build_parser():
     p.add_argument("--output", required=True, metavar="DIR",
                    help="dataset folder (local or a URL such as gs://bucket/data): shards, manifest.json, "
                         "mean.png, std.png, moments.npz, summary.json")
+    config_file.add_option(p)
     g = p.add_argument_group("geometry")
     g.add_argument("--size", default="64x64", metavar="HxW",
                    help="picture size of every record, height x width in pixels, e.g. 64x64, 72x128 (16:9), "
@@ -128,11 +130,11 @@ def config(args, beam_args=()):
         segment_seconds=args.segment_seconds, format=args.format, quality=args.quality,
         compression=args.compression, shard_mb=args.shard_mb, num_shards=args.num_shards,
         validation_fraction=args.validation_fraction, validation_block=args.validation_block,
-        incremental=args.incremental, beam_args=tuple(beam_args))
+        incremental=args.incremental, beam_args=tuple(beam_args), settings=getattr(args, "settings", None))
 
 
 def run(argv=None):
-    args, beam_args = build_parser().parse_known_args(argv)
+    args, beam_args = config_file.parse(build_parser(), argv, known=True)
     return extract(config(args, beam_args))
 
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from jobs import config_file
 from pipelines import media
 from pipelines.describe import describe
 from pipelines.errors import CadlError
@@ -23,6 +24,7 @@ def build_parser():
                                 "aspect, rotation, fields, exact rate, frames, keyframes, audio tracks, and "
                                 "whether it can extract and render them.")
     p.add_argument("films", nargs="+", metavar="FILM")
+    config_file.add_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per film")
     p.add_argument("--segment-seconds", type=float, default=10.0, metavar="S",
                    help="extraction's segment length, for the segment count (default: %(default)s)")
@@ -72,7 +74,7 @@ def format_text(d):
 
 
 def run(argv=None):
-    args = build_parser().parse_args(argv)
+    args = config_file.parse(build_parser(), argv)
     if args.segment_seconds <= 0 or args.stall_seconds <= 0:
         raise CadlError("--segment-seconds and --stall-seconds must be > 0")
     results = [describe(f, args.segment_seconds, not args.no_decode_check, args.stall_seconds) for f in args.films]

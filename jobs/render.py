@@ -11,6 +11,7 @@ import dataclasses
 import sys
 
 import jobs
+from jobs import config_file
 from pipelines import geometry, media, video_out
 from pipelines.errors import CadlError
 from pipelines.render import RenderConfig, render
@@ -33,6 +34,7 @@ def build_parser():
     p.add_argument("--output", required=True,
                    help="output film: .mp4/.m4v (H.264), .mov (ProRes), .mkv (H.264, or --codec ffv1|prores), "
                         "or a path without extension for a PNG frame sequence folder")
+    config_file.add_option(p)
     p.add_argument("--codec", default="auto", choices=("auto",) + video_out.CODECS,
                    help="video codec (default: auto = h264 for .mp4/.m4v/.mkv, prores for .mov, png for a "
                         "folder); ffv1 (.mkv only) is lossless")
@@ -90,7 +92,8 @@ def config_from_args(args, beam_args=()):
         side_by_side=args.side_by_side, blend=args.blend, smooth=args.smooth, audio=not args.no_audio,
         audio_track=args.audio_track, deinterlace="off" if args.keep_fields else "auto",
         stall_seconds=args.stall_seconds, batch_size=args.batch_size, segment_seconds=args.segment_seconds,
-        overwrite=args.overwrite, runner=args.runner, beam_args=tuple(beam_args), score=args.score)
+        overwrite=args.overwrite, runner=args.runner, beam_args=tuple(beam_args), score=args.score,
+        settings=getattr(args, "settings", None))
     if args.output_size is None:
         return config
     # Parsed after the other knobs are checked, so a command with several bad flags names the same first.
@@ -103,7 +106,7 @@ def config_from_args(args, beam_args=()):
 
 def run(argv=None):
     parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = config_file.parse(parser, argv, known=True)
     if beam_args and not args.runner:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam options need --runner)")
     return render(config_from_args(args, beam_args))

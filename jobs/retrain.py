@@ -12,7 +12,7 @@ import signal
 import sys
 
 import jobs
-from jobs import train
+from jobs import config_file, train
 from pipelines import geometry
 from pipelines.errors import CadlError
 from pipelines.lock import EXIT_BUSY
@@ -66,6 +66,7 @@ def build_parser():
     g.add_argument("--keep-rejected", type=int, default=10, metavar="N",
                    help="keep the newest N rejected (or failed) candidates in WORKDIR/candidates, delete older "
                         "ones (default: 10)")
+    config_file.add_option(p)
     train.add_options(p, preset_defaults=False)
     return p
 
@@ -78,7 +79,7 @@ def _size(text):
 
 
 def run(argv=None):
-    args, unknown = build_parser().parse_known_args(argv)
+    args, unknown = config_file.parse(build_parser(), argv, known=True)
     if args.init_from is not None:
         unknown.insert(0, "--init-from")
     for option in unknown:
@@ -91,7 +92,8 @@ def run(argv=None):
         train=train.config_from_args(args, data="", out=""),
         size=args.size, fit=args.fit, every=args.every, fps=args.fps,
         validation_fraction=args.validation_fraction, validation_block=args.validation_block,
-        loss_tolerance=args.loss_tolerance, psnr_tolerance=args.psnr_tolerance, keep_rejected=args.keep_rejected)
+        loss_tolerance=args.loss_tolerance, psnr_tolerance=args.psnr_tolerance, keep_rejected=args.keep_rejected,
+        settings=args.settings)
     previous_handler = jobs.sigterm_as_interrupt()  # the partial candidate is kept for the next run
     try:
         return retrain(config)

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 import jobs
+from jobs import config_file
 from pipelines import training
 from pipelines.training import LR_SCHEDULES, PRESETS, TrainConfig, train
 
@@ -31,10 +32,15 @@ EPILOG = """examples:
   cadl train --data gs://bucket/data --out runs/big --epochs 30 --widths 64,128,256,512 --latent 256 \\
              --batch-size 256 --precision mixed_bfloat16 --jit        # GPUs (all visible ones are used)
 
-several machines: set TF_CONFIG on each worker, e.g.
-  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
-and run the same command with --strategy multiworker and --data on shared storage (gs://...). Worker 0 writes
-RUN; the others write RUN/workers/<index>/ (deletable). --batch-size is the global batch.
+several workers: the same command with --strategy multiworker on each, its TF_CONFIG naming the workers and
+its own index (tested with two on 127.0.0.1: tests/test_multiworker.py), e.g. on host1 and host2:
+  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \
+      cadl train --data gs://bucket/data --out /shared/runs/big --strategy multiworker --max-steps 20000
+  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 1}}' \
+      cadl train --data gs://bucket/data --out /shared/runs/big --strategy multiworker --max-steps 20000
+--data and --out must be the same folders for every worker. Worker 0 writes RUN; the others only their lock
+there (their outputs go to a scratch folder in the temp dir, removed at the end). --batch-size is the global
+batch. A worker dies: the others stop with one line; rerun every command to resume from the last checkpoint.
 """
 
 
@@ -42,6 +48,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="cadl train", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
     p.add_argument("--data", required=True, help="dataset folder (manifest.json + shards); local or gs://...")
     p.add_argument("--out", required=True, help="run folder: created, or resumed when it holds checkpoints")
+    config_file.add_option(p)
     add_options(p)
     return p
 
@@ -135,7 +142,8 @@ def add_options(p, preset_defaults=True):
                    help="compute precision; mixed_float16 uses dynamic loss scaling")
     g.add_argument("--jit", action="store_true", help="compile the training step with XLA")
     g.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker"), default="auto",
-                   help="auto: MirroredStrategy when more than one GPU is visible")
+                   help="auto: MirroredStrategy when more than one GPU is visible; multiworker: "
+                        "MultiWorkerMirroredStrategy over the workers in TF_CONFIG (see below)")
     g.add_argument("--steps-per-execution", type=int, default=1, help="training steps per tf.function call")
     if not preset_defaults:
         return
@@ -165,7 +173,7 @@ def config_from_args(args, **fields):
 
 
 def run(argv=None):
-    return train(config_from_args(build_parser().parse_args(argv)))
+    return train(config_from_args(config_file.parse(build_parser(), argv)))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ The summary (returned, and written as summary.json) has these keys:
     shards_new                   shard files written by this run (names relative to the output folder)
     skipped                      [{"input", "reason"}] for this run's bad inputs
     runner, seconds              the Beam runner used and the job's wall time
+    segments_per_worker          {"host:pid": film segments} of the worker processes that decoded them
+Before the manifest is written, every shard is read back: it must hold the records its writer counted, and
+they must be the records the decoders counted, per split and per source (``extract_beam.verify``).
 An incremental run with nothing new succeeds with inputs_new 0 and writes no shard.
 
 Inputs and output are local paths or URLs of any filesystem Apache Beam knows (gs://, s3://, hdfs://, ...).
@@ -73,6 +76,8 @@ class ExtractConfig:
     validation_block: float = 4.0  # seconds (> 0): films go to validation in contiguous blocks this long
     incremental: bool = False      # keep the dataset in ``output``, add only inputs its manifest lacks
     beam_args: tuple = ()          # Beam pipeline options ("--runner=...", "--temp_location=...", ...)
+    settings: dict = dataclasses.field(default=None, compare=False)  # {"job", "argv", "config_file",
+    # "flags"}: how the command was asked for (jobs.config_file), recorded in the summary so it can be repeated
 
     def __post_init__(self):
         for name in ("inputs", "size", "beam_args"):  # tuples whatever sequence was given: hashable, picklable
@@ -211,7 +216,8 @@ def _extract(config, output, started):
 
     summary = {"output": output, "manifest": mf.path(output), "inputs_found": len(inputs),
                "inputs_new": len(new), "inputs_already_extracted": len(done), "inputs_extracted": 0,
-               "inputs_bad": 0, "records_new": 0, "splits_new": {}, "shards_new": [], "skipped": skipped}
+               "inputs_bad": 0, "records_new": 0, "splits_new": {}, "shards_new": [], "skipped": skipped,
+               "settings": config.settings}
     if not new:
         summary.update(records_total=mf.counts(old)["total"], splits=_splits(old), runner=None,
                        seconds=round(time.time() - started, 3))
@@ -247,7 +253,7 @@ def _extract(config, output, started):
         records_new=sum(splits_new.values()), splits_new=splits_new,
         shards_new=[f["name"] for f in new_files], skipped=skipped,
         records_total=mf.counts(manifest)["total"], splits=_splits(manifest), runner=result["runner"],
-        seconds=round(time.time() - started, 3))
+        segments_per_worker=result["report"]["workers"], seconds=round(time.time() - started, 3))
     _write_summary(output, summary)
     log.info("%s: %d new records (%s) from %d inputs in %.1f s; %d skipped", output, summary["records_new"],
              ", ".join(f"{k} {v}" for k, v in splits_new.items()), summary["inputs_extracted"],
@@ -311,8 +317,6 @@ def _load_celeba(new, known_attributes):
 
 
 def _run_pipeline(settings, new, celebas):
-    import apache_beam as beam
-
     from pipelines import extract_beam
 
     films = [i for i in new if i.kind == "film"]
@@ -335,7 +339,7 @@ def _run_pipeline(settings, new, celebas):
     extract_beam.CANCELLED.clear()
     try:  # from the work folder's creation on: an interrupt while Beam builds the graph cleans up too
         storage.makedirs(settings.tmp_dir)
-        pipeline = beam.Pipeline(runner=runner, options=options)
+        pipeline = extract_beam.make_pipeline(runner, options)
         records = pipeline | "Extract" >> extract_beam.ExtractRecords(settings, films, images, batches)
         _ = records | "Write" >> extract_beam.WriteDataset(settings)
         with contextlib.redirect_stderr(printed):
@@ -407,6 +411,8 @@ def _finalize(config, header, old, new, result, output, problems, written):
     if not any(counts.values()):
         raise CadlError(f"{output}: no records: every input was skipped ({len(bad) + len(partial)} bad; "
                         "reasons above)")
+    from pipelines import extract_beam
+    extract_beam.verify(report, new, header["compression"], output)  # before anything is renamed
 
     # Names no file of the old dataset has: until the manifest switches, the old dataset stays as it was.
     tag = mf.run_tag(old, storage.listdir(output) if old else ())

@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from pipelines.extract_decode import DecodeFilmSegment, DecodeStills, SegmentFilm, merge_lost, unit_hash
-from pipelines.schema import TFRecordFile
+from pipelines.schema import TFRecordFile, count_tfrecords
 
 REPORT = "report.json"           # written into the run's temp folder by the pipeline, read by the driver
 MOMENTS = "moments.npz"
@@ -45,7 +45,7 @@ class _Discard:
         pass
 
     def close(self):
-        return {"path": None, "count": 0, "bytes": 0, "first_key": None}
+        return {"path": None, "count": 0, "bytes": 0, "first_key": None, "sources": {}}
 
 
 class MomentsFn(beam.CombineFn):
@@ -233,8 +233,8 @@ def read_results(tmp_dir, size):
 def tally(report):
     """The pipeline's report (``read_results``) by kind: {"facts": {input: facts}, "counts": {input: records},
     "bad": {input: reason}, "partial": {input: reason a stretch failed}, "lost": {input: lost frames},
-    "parts": {split: [part, ...]}}. The first reason reported for an input is the one kept."""
-    out = {k: {} for k in ("facts", "counts", "bad", "partial", "lost", "parts")}
+    "parts": {split: [part, ...]}, "workers": {"host:pid": film segments decoded}}. The first reason reported for an input is the one kept."""
+    out = {k: {} for k in ("facts", "counts", "bad", "partial", "lost", "parts", "workers")}
     for entry in report:
         kind = entry[0]
         if kind == "facts":
@@ -249,13 +249,57 @@ def tally(report):
             out["lost"][entry[1]] = merge_lost(out["lost"].get(entry[1]), entry[2])
         elif kind == "part":
             out["parts"].setdefault(entry[1], []).append(entry[2])
+        elif kind == "worker":
+            out["workers"][entry[1]] = out["workers"].get(entry[1], 0) + entry[2]
     return out
+
+
+def verify(tallied, inputs, compression, where):
+    """Never trust a runner's "done": the parts the pipeline reported must be files holding exactly the records
+    their writers counted, and the records written must be exactly the records the decoders counted, per split
+    and per source (films and stills by path, a CelebA root as a whole). ``tallied`` is ``tally``'s result,
+    ``inputs`` the run's ``sources.Input`` list. Raises ``CadlError`` naming the first difference."""
+    from pipelines.errors import CadlError
+
+    def fail(problem):
+        raise CadlError(f"{where}: the Beam runner's result does not add up ({problem}); nothing was published "
+                        "(run again; if it persists, the runner loses or repeats records)")
+
+    written, split_counts = {}, {}
+    paths = [part["path"] for group in tallied["parts"].values() for part in group if part["count"]]
+    if len(set(paths)) != len(paths):
+        fail("a shard was reported twice")
+    for split, group in tallied["parts"].items():
+        for part in group:
+            if not part["count"]:
+                continue
+            try:
+                held = count_tfrecords(part["path"], compression)
+            except (OSError, ValueError) as e:
+                fail(f"{part['path']}: {e}")
+            if held != part["count"]:
+                fail(f"{part['path']} holds {held} records, its writer counted {part['count']}")
+            split_counts[split] = split_counts.get(split, 0) + held
+            for source, n in part.get("sources", {}).items():
+                written[source] = written.get(source, 0) + n
+    counted = tallied["counts"]
+    if sum(split_counts.values()) != sum(counted.values()):
+        fail(f"{sum(split_counts.values())} records in the shards ({', '.join(f'{k} {v}' for k, v in sorted(split_counts.items()))}), "
+             f"{sum(counted.values())} decoded")
+    by_path = {i.path for i in inputs if i.kind != "celeba"}
+    for path in sorted(by_path):
+        if written.get(path, 0) != counted.get(path, 0):
+            fail(f"{path}: {written.get(path, 0)} records written, {counted.get(path, 0)} decoded")
+    roots = sum(n for path, n in counted.items() if path not in by_path)
+    if sum(n for source, n in written.items() if source not in by_path) != roots:
+        fail("the CelebA records written differ from those decoded")
+    return split_counts
 
 
 def pipeline_options(beam_args):
     """Beam options from the pass-through options, and the runner to use (None: the one the options name).
 
-    Without --runner: the FnApiRunner (what DirectRunner uses for batch, minus the Prism attempt) with one
+    ``--runner DaskRunner``: cadl's Dask runner (``pipelines.dask_runner``). Without --runner: the FnApiRunner (what DirectRunner uses for batch, minus the Prism attempt) with one
     worker per core. On up to 4 cores the workers are threads: decoding runs in ffmpeg processes and OpenCV's
     encoders release the GIL, and worker processes would each pay Beam's start-up (measured on 2 cores:
     threads were faster, start-up included). On more cores, the Python per frame that holds the GIL would cap
@@ -266,8 +310,10 @@ def pipeline_options(beam_args):
                                                       WorkerOptions)
 
     options = PipelineOptions(list(beam_args))
-    if options.view_as(StandardOptions).runner:
-        return options, None
+    runner = options.view_as(StandardOptions).runner
+    if runner:
+        from pipelines import dask_runner
+        return options, (dask_runner.make() if dask_runner.is_dask(runner) else None)
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     direct = options.view_as(DirectOptions)
@@ -282,3 +328,18 @@ def pipeline_options(beam_args):
         # Worker processes log every channel they open at INFO; problems still show.
         options.view_as(WorkerOptions).default_sdk_harness_log_level = "WARNING"
     return options, FnApiRunner()
+
+
+def make_pipeline(runner, options):
+    """``beam.Pipeline(runner, options)``; a runner Beam does not know is one line naming it."""
+    try:
+        return beam.Pipeline(runner=runner, options=options)
+    except ValueError as e:
+        if "Unexpected pipeline runner" not in str(e):
+            raise
+        from apache_beam.options.pipeline_options import StandardOptions
+
+        from pipelines.errors import CadlError
+        raise CadlError(f"--runner {options.view_as(StandardOptions).runner}: not a runner Beam knows "
+                        "(DirectRunner, DaskRunner, DataflowRunner, FlinkRunner, SparkRunner, PortableRunner, "
+                        "or a runner class's full name)") from None

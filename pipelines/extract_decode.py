@@ -22,6 +22,7 @@ import hashlib
 import logging
 import math
 import os
+import socket
 import zipfile
 import zlib
 from fractions import Fraction
@@ -364,6 +365,8 @@ class DecodeFilmSegment(beam.DoFn):
         log.info("%s: segment %d/%d done (frames %d-%d, %d records)", os.path.basename(path), segment["number"],
                  segment["of"], segment["start"], segment["stop"] - 1, count)
         yield beam.pvalue.TaggedOutput("report", ("count", path, count))
+        # Which worker process decoded it: the summary's "segments_per_worker" shows how the work spread.
+        yield beam.pvalue.TaggedOutput("report", ("worker", f"{socket.gethostname()}:{os.getpid()}", 1))
         if count:
             yield beam.pvalue.TaggedOutput("moments", moments.value())
 

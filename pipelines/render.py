@@ -74,6 +74,8 @@ class RenderConfig:
     runner: str = None             # Apache Beam runner for the segments (DirectRunner, ...); None = local
     beam_args: tuple = ()          # further Beam pipeline options ("--direct_num_workers", "2", ...); needs runner
     score: bool = False            # add the render's quality figures against its source to the summary
+    settings: dict = dataclasses.field(default=None, compare=False)  # {"job", "argv", "config_file",
+    # "flags"}: how the command was asked for (jobs.config_file), recorded in the summary so it can be repeated
 
     def __post_init__(self):
         if self.blend is not None and not 0.0 <= self.blend <= 1.0:
@@ -156,9 +158,13 @@ def _render(c, held):
     if pending and c.runner:
         # Workers load the resolved .keras file: a LATEST symlink switched meanwhile cannot mix models.
         render_with_beam(plan, os.path.abspath(model_file), pending, ["--runner", c.runner] + list(c.beam_args))
-        for k in pending:
-            if not os.path.exists(plan.segment_path(k)):
-                raise CadlError(f"{plan.segment_path(k)}: the Beam pipeline did not produce this segment")
+        for k in pending:  # never trust the runner's "done": every segment there, with all its frames
+            path, (first, stop) = plan.segment_path(k), plan.segments[k]
+            if not os.path.exists(path):
+                raise CadlError(f"{path}: the Beam pipeline did not produce this segment")
+            got = video_out.segment_frames(path, fmt)
+            if got != stop - first:
+                raise CadlError(f"{path}: the Beam pipeline left {got} frames of this segment's {stop - first}")
             work.mark(k)
         stats["frames"] = sum(plan.segments[k][1] - plan.segments[k][0] for k in pending)
     elif pending:
@@ -184,6 +190,7 @@ def _render(c, held):
                     "batch_size": c.batch_size, "segment_seconds": c.segment_seconds,
                     "crf": c.crf if fmt.codec == "h264" else None,
                     "preset": c.preset if fmt.codec == "h264" else None, "pix_fmt": fmt.pix_fmt},
+        "settings": c.settings,
     }
     if fmt.is_sequence:
         staging = os.path.join(work.path, "final")

@@ -377,9 +377,11 @@ def _render_segment_fn():
 def render_with_beam(plan, model_path, pending, beam_args):
     """Render the segments ``pending`` in parallel: one element per segment, spread over the workers."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+    from pipelines import dask_runner, extract_beam
+
+    options, runner = dask_runner.pipeline_options_for(beam_args)  # DaskRunner: cadl's (pipelines.dask_runner)
+    with extract_beam.make_pipeline(runner, options) as p:
         _ = (p
              | "Segments" >> beam.Create(pending)
              | "Spread" >> beam.Reshuffle()

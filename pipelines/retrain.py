@@ -21,6 +21,7 @@ WORKDIR layout:
                                failed while training or evaluating; the newest --keep-rejected are kept
     candidates/.partial-RUN_ID a candidate being trained; never promoted until complete
     summary.json               the last run's summary;  history.jsonl: one line per run, newest last
+    report.html                a page of the versions and every run's metrics and decision (pipelines.report)
     state.json                 what the last completed run trained on (decides "nothing new")
     retrain.lock               pid lock while a run is active
 
@@ -80,6 +81,8 @@ class RetrainConfig:
     loss_tolerance: float = 0.01                # the candidate's loss may exceed the promoted one's by this fraction
     psnr_tolerance: float = 0.1                 # ... and its PSNR be this many dB below (negative: must improve)
     keep_rejected: int = 10                     # rejected or failed candidates kept in candidates/
+    settings: Optional[dict] = dataclasses.field(default=None, compare=False)  # {"job", "argv", "config_file",
+    # "flags"}: how the command was asked for (jobs.config_file), recorded in the summary so it can be repeated
 
     def __post_init__(self):
         if self.keep_rejected < 0:
@@ -274,7 +277,7 @@ class Retrain:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", "trained": False,
             "promoted": False, "reason": None, "recovered": {"stale_lock": stale_lock},
             "tolerance": {"loss_fraction": config.loss_tolerance, "psnr_db": config.psnr_tolerance},
-            "seconds": {},
+            "seconds": {}, "settings": config.settings,
         }
         self.stage = "start"
 
@@ -529,6 +532,7 @@ class Retrain:
         try:
             atomic.write_json(self.wd.summary, s)
             _append_history(self.wd.history, s)
+            _write_report(self.wd)
         except OSError as e:
             if not quiet:
                 raise CadlError(f"{self.wd.summary}: cannot write the run summary ({e.strerror})") from None
@@ -550,6 +554,19 @@ def _append_history(path, summary):
         os.write(fd, (json.dumps(line, sort_keys=True, default=str) + "\n").encode())
     finally:
         os.close(fd)
+
+
+def _write_report(wd):
+    """WORKDIR/report.html from history.jsonl and every version's decision (pipelines.report)."""
+    from pipelines import report
+
+    history = []
+    with open(wd.history) as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                history.append(json.loads(line))
+    versions = {v: _read_decision(os.path.join(wd.models, v)) or {} for v in wd.versions()}
+    report.write_retrain_report(wd.root, history, versions)
 
 
 def _same_recipe(old, new):

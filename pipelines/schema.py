@@ -182,7 +182,7 @@ class TFRecordFile:
         from apache_beam.io.filesystem import CompressionTypes  # on first use: the reader does not need Beam
         from apache_beam.io.filesystems import FileSystems
 
-        self.path, self.count, self.bytes, self.first_key = path, 0, 0, None
+        self.path, self.count, self.bytes, self.first_key, self.sources = path, 0, 0, None, {}
         kind = CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED
         self._file = FileSystems.create(path, mime_type="application/octet-stream", compression_type=kind)
 
@@ -192,12 +192,41 @@ class TFRecordFile:
                          struct.pack("<I", masked_crc32c(record)))
         self.count += 1
         self.bytes += len(record) + 16
+        source = key.split("\t", 1)[0]  # keys are "<source>\t<frame index>"
+        self.sources[source] = self.sources.get(source, 0) + 1
         if self.first_key is None or key < self.first_key:
             self.first_key = key
 
     def close(self):
         self._file.close()
-        return {"path": self.path, "count": self.count, "bytes": self.bytes, "first_key": self.first_key}
+        return {"path": self.path, "count": self.count, "bytes": self.bytes, "first_key": self.first_key,
+                "sources": self.sources}
+
+
+def count_tfrecords(path, compression=""):
+    """The number of records in the TFRecord file at ``path`` (any Beam filesystem; ``compression`` "" or
+    "GZIP"), read in full with both checksums of every record checked; raises ``ValueError`` at a cut-off
+    record or a wrong checksum. How a finished pipeline's shards are verified before they are published."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    kind = CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED
+    count = 0
+    with FileSystems.open(path, mime_type="application/octet-stream", compression_type=kind) as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return count
+            if len(header) < 12:
+                raise ValueError(f"record {count}'s header is cut off")
+            (length,) = struct.unpack_from("<Q", header)
+            body = f.read(length + 4)
+            if len(body) < length + 4:
+                raise ValueError(f"record {count} ({length} bytes) is cut off")
+            if (masked_crc32c(header[:8]) != struct.unpack_from("<I", header, 8)[0] or
+                    masked_crc32c(body[:length]) != struct.unpack_from("<I", body, length)[0]):
+                raise ValueError(f"record {count} fails its checksum")
+            count += 1
 
 
 def shard_name(split, shard, num_shards, compressed=False, tag=""):

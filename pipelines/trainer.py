@@ -12,12 +12,15 @@ import dataclasses
 import logging
 import math
 import os
+import shlex
 import signal
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 
-from pipelines import atomic, checkpoints, tfdata
+from pipelines import atomic, checkpoints, report, tfdata
 from pipelines import manifest as mf
 from pipelines.errors import CadlError
 
@@ -30,6 +33,7 @@ HISTORY_MAX = 500  # loss points kept in summary.json
 MONTAGE_IMAGES = 16  # the fixed validation batch shown in recon montages (two rows of originals/reconstructions)
 LATENT_SAMPLES = 36  # z ~ N(0, I) decoded in latent montages (6 x 6)
 SCORE_BATCHES = 4  # validation batches whose reconstructions get SSIM and the Laplacian ratio (a forward pass)
+REPORT_SECONDS = 30.0  # RUN/report.html at a validation at most this often (it takes ~1 s on a long history)
 
 
 def model_config(config, manifest, stored=None, base=None):
@@ -82,9 +86,15 @@ def check_compatible(config, manifest, where, data_dir):
 def pick_strategy(kind):
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
     if kind == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Before anything that starts TensorFlow's runtime (listing logical devices does): collective ops are
+        # configured once, at startup.
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as e:
+            raise CadlError(f"--strategy multiworker: {_first_line(e)}; it must be the first TensorFlow work of "
+                            "its process (run it as its own cadl train command)") from None
+    gpus = tf.config.list_logical_devices("GPU")
     if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -167,11 +177,12 @@ class Trainer:
         self.t0 = time.time()
         # The strategy first: the multi-worker one must exist before any other TensorFlow work.
         self.strategy = pick_strategy(args.strategy)
-        self.out = os.path.abspath(args.out)
-        resolver = getattr(self.strategy, "cluster_resolver", None)
-        if args.strategy == "multiworker" and resolver is not None and resolver.task_id not in (0, None):
-            # Every worker saves (collective ops need all of them), but only the chief writes RUN itself.
-            self.out = os.path.join(self.out, "workers", str(resolver.task_id))
+        self.out = self.run_dir = os.path.abspath(args.out)
+        self.multiworker, self.scratch, self._mean = args.strategy == "multiworker", None, None
+        if self.multiworker and not self.strategy.extended.should_checkpoint:
+            # Every worker saves and exports (collective ops need all of them), but only the chief writes RUN:
+            # the others write into a scratch folder removed at the end, and restore the chief's checkpoints.
+            self.scratch = self.out = tempfile.mkdtemp(prefix=f"cadl-worker-{self.strategy.cluster_resolver.task_id}-")
         self.manifest = tfdata.load_manifest(args.data)
         self.train_files = tfdata.split_files(args.data, self.manifest, "train")
         self.train_count = mf.split_count(self.manifest, "train")
@@ -179,8 +190,9 @@ class Trainer:
             "test" if mf.split_count(self.manifest, "test") else "train")
         self.val_files = tfdata.split_files(args.data, self.manifest, self.val_split)
         self.skipped = []  # [{"file", "reason"}] shards left out under --skip-corrupt
+        self._reported = 0.0  # when RUN/report.html was last written
 
-        config_path = os.path.join(self.out, "config.json")
+        config_path = os.path.join(self.run_dir, "config.json")
         self.ckpt_dir = os.path.join(self.out, "checkpoints")
         stored = None
         if os.path.exists(config_path):
@@ -192,9 +204,9 @@ class Trainer:
                 raise CadlError(f"{config_path}: \"model\" is not a model configuration (an object with "
                                 "image_size, ...); use a new --out folder")
             check_compatible(stored, self.manifest, config_path, args.data)
-        elif os.path.isdir(self.out) and os.listdir(self.out):
-            if os.path.exists(self.ckpt_dir):
-                raise CadlError(f"{self.out}: has checkpoints but no config.json; use a new --out folder")
+        elif os.path.isdir(self.run_dir) and os.listdir(self.run_dir):
+            if os.path.exists(os.path.join(self.run_dir, "checkpoints")):
+                raise CadlError(f"{self.run_dir}: has checkpoints but no config.json; use a new --out folder")
         source = None
         if stored is None and args.init_from:  # a new run's warm start keeps the network it starts from
             from pipelines import export
@@ -233,10 +245,12 @@ class Trainer:
         self.iterator = self.train_stream(resume_step=None)
         self._make_manager()
         self.resumed_from = None
-        if self.checkpoints.latest:
+        latest = self.checkpoints.latest if self.scratch is None else tf.train.latest_checkpoint(
+            os.path.join(self.run_dir, "checkpoints"))  # a worker other than the chief resumes from the chief's
+        if latest:
             # Without its data position when it has none, or when the input pipeline changed shape (other batch
             # size, files...): then all but the position is restored.
-            restored = self.checkpoints.restore(optional=("data",))
+            restored = self.checkpoints.restore(latest, optional=("data",))
             self.resumed_from = self.step
             if "data" not in restored:  # the position in the data was not restored: a fresh order for this step
                 self.iterator = self.train_stream(resume_step=self.step)
@@ -244,10 +258,13 @@ class Trainer:
             log.info("resumed from step %d", self.step)
         elif args.init_from:
             self._warm_start(args.init_from, source)
-        atomic.write_json(config_path, {
+        report.truncate_history(self.out, self.step)  # a resumed run redoes the steps after its checkpoint
+        atomic.write_json(os.path.join(self.out, "config.json"), {
             "model": self.config, "image_size": self.config["image_size"], "channels": self.config["channels"],
             "fit": self.config["fit"], "data": os.path.abspath(args.data) if "://" not in args.data else args.data,
-            "training": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("data", "out") + MODEL_FLAGS},
+            "training": {k: v for k, v in dataclasses.asdict(args).items()
+                         if k not in ("data", "out", "settings") + MODEL_FLAGS},
+            "settings": args.settings,  # the flags as resolved from the command line and --config
             "sharp": self.model.gan if self.sharp else None,  # the sharp preset's discriminator and loss weights
         })
 
@@ -339,6 +356,8 @@ class Trainer:
     def validate(self):
         while True:
             try:
+                if self.multiworker:
+                    return self._validate_locally()
                 with warnings.catch_warnings():  # Keras warns that a finite dataset "ran out": it is meant to
                     warnings.simplefilter("ignore", UserWarning)
                     results = self.model.evaluate(self.val_dataset(), verbose=0, return_dict=True)
@@ -357,6 +376,50 @@ class Trainer:
             scorer.update(batch.numpy(), to_uint8(self.model(batch, training=False)).numpy())
         figures = scorer.result()
         return {k: figures[k] for k in ("ssim", "laplacian_ratio") if figures[k] is not None}
+
+    def _validate_locally(self):
+        """Validation with several workers: each worker alone over the whole validation set, so no collective
+        op (Keras' ``evaluate`` all-reduces a uint8 batch, which collectives refuse, and reduces its scalars as
+        ``strategy.reduce(..., axis=0)`` does not allow); the weights being the same, so are the figures."""
+        from models import vae
+
+        terms = self.tf.function(lambda x: self.model.compute_terms(vae.to_float(x), training=False),
+                                 reduce_retracing=True)
+        sums, count = {}, 0
+        for batch in self.val_dataset():
+            n = int(batch.shape[0])
+            for k, v in terms(batch).items():  # per-batch means, weighted by the batch size as Keras' Mean does
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            count += n
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def _multiworker_train_function(self):
+        """The training step with several workers. Keras 3 reduces a step's outputs across workers with
+        ``strategy.reduce(MEAN, value, axis=0)``, which fails on the VAE's scalar metrics (tensorflow#72388):
+        here each is reduced whole (``axis=None``), the mean over the workers, the same on each of them."""
+        tf, strategy, model = self.tf, self.strategy, self.model
+
+        @tf.function(jit_compile=bool(self.args.jit), reduce_retracing=True)
+        def one_step(batch):
+            outputs = strategy.run(model.train_step, args=(batch,))
+            return {k: strategy.reduce("MEAN", v, axis=None) for k, v in outputs.items()}
+
+        def train_function(iterator):
+            for _ in range(self.args.steps_per_execution):
+                logs = one_step(next(iterator))
+            return logs
+        return train_function
+
+    def _agree(self, *values):
+        """Decisions taken from the clock or a signal, the same on every worker (each must take part in every
+        step's collective ops): each value's mean over the workers; the values themselves with one worker."""
+        if not self.multiworker:
+            return values
+        tf, strategy = self.tf, self.strategy
+        if self._mean is None:
+            self._mean = tf.function(lambda v: strategy.reduce("MEAN", strategy.run(tf.identity, args=(v,)),
+                                                               axis=None))
+        return tuple(float(v) for v in self._mean(tf.constant(values, tf.float32)).numpy())
 
     def fixed_batches(self):
         import numpy as np
@@ -421,19 +484,19 @@ class Trainer:
         if self.resumed_from is None:
             return []
         try:
-            previous = atomic.read_json(os.path.join(self.out, "summary.json")).get("history", [])
+            previous = atomic.read_json(os.path.join(self.run_dir, "summary.json")).get("history", [])
         except (OSError, ValueError):
             return []
         return [h for h in previous if isinstance(h, dict) and h.get("step", 1e18) <= self.step]
 
-    def _export_is_current(self):
+    def _export_is_current(self):  # the chief's run folder decides, on every worker (export has collective ops)
         try:
-            previous = atomic.read_json(os.path.join(self.out, "summary.json"))
+            previous = atomic.read_json(os.path.join(self.run_dir, "summary.json"))
         except (OSError, ValueError):
             return False
         return (previous.get("step") == self.step and bool(previous.get("export"))
-                and os.path.exists(os.path.join(self.out, "export", "model.keras"))
-                and os.path.exists(os.path.join(self.out, "export", "saved_model", "saved_model.pb")))
+                and os.path.exists(os.path.join(self.run_dir, "export", "model.keras"))
+                and os.path.exists(os.path.join(self.run_dir, "export", "saved_model", "saved_model.pb")))
 
     def save_checkpoint(self):
         """Save unless the weights went non-finite (then stop: the previous checkpoint stays the last good one)."""
@@ -442,6 +505,22 @@ class Trainer:
     # -- the loop --
 
     def fit(self):
+        """Train to the first budget reached, validate, export; returns the summary (also summary.json)."""
+        try:
+            return self._fit()
+        except self.tf.errors.UnavailableError:
+            if not self.multiworker:
+                raise
+            # A worker died or cannot be reached (in any collective op: a step, a checkpoint, an agreement):
+            # every worker stops; the chief's last checkpoint is where they all resume.
+            good = self.tf.train.latest_checkpoint(os.path.join(self.run_dir, "checkpoints"))
+            raise CadlError(f"{self.run_dir}: another worker stopped answering at step {self.step}; restart "
+                            f"every worker with the same command to resume from {good or 'the start'}") from None
+        finally:
+            if self.scratch is not None:  # a worker other than the chief: its copy of the outputs goes
+                shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _fit(self):
         import numpy as np
         from tqdm import tqdm
 
@@ -463,6 +542,8 @@ class Trainer:
         if self.step == 0:
             self.montages(images, z, writers)
         it = self.iterator
+        if self.multiworker:
+            self.model.train_function = self._multiworker_train_function()
         self.model.make_train_function()
         # No bar when asked, or when stderr is not a terminal (cron, CI, a log file): a log line per validation.
         bar = tqdm(total=target, initial=self.step, unit="step", disable=None if args.progress else True,
@@ -472,15 +553,18 @@ class Trainer:
                 if target is not None and self.step >= target:
                     stop_reason = "max_steps" if args.epochs is None or target == args.max_steps else "epochs"
                     break
-                if args.max_seconds is not None and time.time() - start_time >= args.max_seconds:
+                time_up, signalled, spent = self._agree(
+                    args.max_seconds is not None and time.time() - start_time >= args.max_seconds,
+                    stopper.signal is not None, (time.time() - start_time) / args.max_seconds if args.max_seconds
+                    else 0.0)
+                if time_up:
                     stop_reason = "max_seconds"
                     break
-                if stopper.signal:
+                if signalled:
                     stop_reason = "interrupted"
                     break
                 if args.lr_schedule != "constant":
-                    fraction = max(self.step / target if target else 0.0,
-                                   (time.time() - start_time) / args.max_seconds if args.max_seconds else 0.0)
+                    fraction = max(self.step / target if target else 0.0, spent)
                     self.optimizer.learning_rate.assign(args.lr * lr_factor(args.lr_schedule, fraction))
                 t = time.time()
                 try:
@@ -516,10 +600,15 @@ class Trainer:
                             tb_scalar(k, v, step)
                         tb_scalar("learning_rate", float(np.asarray(self.optimizer.learning_rate)), step)
                         tb_scalar("images_per_s", rate, step)
+                    report.record(self.out, "train", step, train_logs, images_per_s=rate)
                     self.model.reset_metrics()  # train figures are means over the last window
                     window_seconds, window_steps = 0.0, 0
                 if args.validate_every and step % args.validate_every < done:
                     val = self._validate_and_log(writers)
+                    self._report({"step": step, "epochs": step * args.batch_size / max(self.train_count, 1),
+                                  "images_per_s": train_steps * args.batch_size / max(train_seconds, 1e-9),
+                                  "train": train_logs, "validation": val, "validation_split": self.val_split,
+                                  "wall_time_s": time.time() - self.t0})
                     if bar.disable:
                         log.info("step %d%s: train loss %.2f, PSNR %.2f dB; validation loss %.2f, PSNR %.2f dB, "
                                  "Laplacian ratio %.2f; %.0f images/s", step, f"/{target}" if target else "",
@@ -529,8 +618,8 @@ class Trainer:
                                  train_steps * args.batch_size / max(train_seconds, 1e-9))
                 if args.montage_every and step % args.montage_every < done:
                     self.montages(images, z, writers)
-                if (step - last_ckpt_step >= args.checkpoint_every
-                        or time.time() - last_ckpt_time >= args.checkpoint_seconds):
+                if self._agree(step - last_ckpt_step >= args.checkpoint_every
+                               or time.time() - last_ckpt_time >= args.checkpoint_seconds)[0]:
                     self.save_checkpoint()
                     last_ckpt_step, last_ckpt_time = step, time.time()
         bar.close()
@@ -559,7 +648,19 @@ class Trainer:
         with writers["validation"].as_default():
             for k, v in val.items():
                 tb_scalar(k, v, self.step)
+        report.record(self.out, "validation", self.step, val)
         return val
+
+    def _report(self, figures, final=False):
+        """Rewrite RUN/report.html (and its plots) from ``figures``: summary.json's keys, as far as known.
+        During training at most every REPORT_SECONDS; ``final`` (the summary) always."""
+        if not final and time.time() - self._reported < REPORT_SECONDS:
+            return
+        self._reported = time.time()
+        settings = self.args.settings or {}
+        command = f"cadl {settings['job']} {shlex.join(settings['argv'])}" if settings.get("argv") is not None \
+            else None
+        report.write_run_report(self.out, figures, self.config, command, settings)
 
     def _write_summary(self, stop_reason, train_logs, val, history, start_step, train_steps, train_seconds,
                        export=None):
@@ -587,6 +688,9 @@ class Trainer:
             "batch_size": self.args.batch_size,
             "train_count": self.train_count,
             "config": self.config,
+            "settings": self.args.settings,
+            "report": os.path.join(self.out, "report.html"),
         }
         atomic.write_json(os.path.join(self.out, "summary.json"), summary)
+        self._report(summary, final=True)
         return summary

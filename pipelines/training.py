@@ -10,6 +10,8 @@ The run folder is self-describing and resumable:
     RUN/export/model.keras     the trained VAE (Keras 3 format: what Beam's RunInference handler loads)
     RUN/export/saved_model/    a TensorFlow SavedModel with encode / decode / reconstruct signatures
     RUN/summary.json           step, epochs, train and validation losses, validation PSNR, images/s, wall time
+    RUN/report.html            the same figures as a page with plots and the latest montages (pipelines.report),
+                               rewritten at every validation; RUN/report/ holds its plots and history.jsonl
 
 Calling ``train`` again with the same folder resumes from the latest checkpoint ("resumed from step N");
 ``max_steps`` is the global target, so a resumed run ends where an uninterrupted one would. SIGINT/SIGTERM
@@ -17,8 +19,9 @@ save a checkpoint before leaving (KeyboardInterrupt); a ``kill -9`` loses at mos
 
 GPU: ``precision="mixed_bfloat16"|"mixed_float16"`` (float16 with dynamic loss scaling), ``jit`` (XLA), and
 every visible GPU through ``tf.distribute.MirroredStrategy`` (``batch_size`` is the global batch). Several
-machines: set ``TF_CONFIG`` on each worker, give every worker the same config with ``strategy="multiworker"``
-and a shared ``data`` (e.g. gs://); worker 0 (the chief) writes RUN, the others ``RUN/workers/<index>/``.
+machines: set ``TF_CONFIG`` on each worker, give every worker the same config with ``strategy="multiworker"``,
+a shared ``data`` (e.g. gs://) and ``out``; worker 0 (the chief) writes RUN, the others a scratch folder in their
+temp dir (removed at the end) and resume from the chief's checkpoints.
 """
 import dataclasses
 import json
@@ -97,6 +100,9 @@ class TrainConfig:
     jit: bool = False                       # compile the training step with XLA
     strategy: str = "auto"                  # "auto" | "default" | "mirrored" | "multiworker"
     steps_per_execution: int = 1            # training steps per tf.function call
+    # the record of how the run was asked for (RUN/config.json, summary.json, report.html)
+    settings: Optional[dict] = dataclasses.field(default=None, compare=False)  # {"job", "argv", "config_file",
+    # "flags"} from jobs.config_file: how the run was asked for, so that it can be repeated exactly
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "keep", "log_every", "checkpoint_every", "steps_per_execution",
@@ -117,7 +123,7 @@ class TrainConfig:
 
     def recipe(self):
         """What decides the model a run trains: every field but the folders, the budget and the cadence."""
-        skip = ("data", "out") + self.BUDGET + self.CADENCE
+        skip = ("data", "out", "settings") + self.BUDGET + self.CADENCE
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 

@@ -275,7 +275,7 @@ class SegmentWriter:
                 raise CadlError(f"{self.path}: encoding failed ({self._stopped() if rc < 0 else self._error()})")
             if self.expected is not None and self.count != self.expected:
                 raise RuntimeError(f"{self.path}: {self.count} frames written, {self.expected} expected")
-            got = (len(os.listdir(self.tmp)) if self.fmt.is_sequence else media.probe(self.tmp).num_frames)
+            got = segment_frames(self.tmp, self.fmt)
             if got != self.count:
                 raise RuntimeError(f"{self.path}: the encoder wrote {got} frames of {self.count}")
             if os.path.isdir(self.path):
@@ -303,6 +303,11 @@ class SegmentWriter:
         if self.filter_file and os.path.exists(self.filter_file):
             os.remove(self.filter_file)
         self._log.close()
+
+
+def segment_frames(path, fmt):
+    """The frames an encoded segment holds, as the demuxer counts them (a folder of pictures: its files)."""
+    return len(os.listdir(path)) if fmt.is_sequence else media.probe(path).num_frames
 
 
 def segment_name(index, fmt):

@@ -29,3 +29,16 @@ def ntsc_film(film_dir):
 def silent_film(film_dir):
     """2 s of testsrc2 without audio."""
     return make_film(film_dir / "silent.mp4", "testsrc2", seconds=2, size=(96, 64), rate="25", audio=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny VAE (16x16, preset tiny) trained for a few steps on frames extracted from a generated film."""
+    from jobs import extract, train
+
+    root = tmp_path_factory.mktemp("render_model")
+    film = make_film(root / "train.mp4", "testsrc2", seconds=2, size=(128, 72), rate="25", audio=False)
+    extract.run(["--input", str(film), "--output", str(root / "data"), "--size", "16x16"])
+    train.run(["--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny",
+               "--max-steps", "12", "--no-progress"])
+    return str(root / "run")

@@ -21,19 +21,6 @@ from test_locks import holder  # noqa: F401 - a fixture: another live process ho
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A tiny VAE (16x16, preset tiny) trained for a few steps on frames extracted from a generated film."""
-    from jobs import extract, train
-
-    root = tmp_path_factory.mktemp("render_model")
-    film = make_film(root / "train.mp4", "testsrc2", seconds=2, size=(128, 72), rate="25", audio=False)
-    extract.run(["--input", str(film), "--output", str(root / "data"), "--size", "16x16"])
-    train.run(["--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny",
-               "--max-steps", "12", "--no-progress"])
-    return str(root / "run")
-
-
-@pytest.fixture(scope="session")
 def model(tiny_run):
     from pipelines import export
     return export.load_inference(tiny_run)

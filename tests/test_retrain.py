@@ -314,6 +314,13 @@ def test_nothing_new_exits_0_without_training_and_force_trains(first, films, tmp
     assert atomic_read(kept / "retrain.json")["promoted"] is False
     statuses = [json.loads(line)["status"] for line in open(work / "history.jsonl")]
     assert statuses == ["promoted", "nothing new", "nothing new", "rejected"]
+    # WORKDIR/report.html: every run over time, the versions, why each candidate was or was not promoted
+    from test_report import check_page
+    page = check_page(str(work / "report.html"))
+    assert page.sources == ["report/psnr.png"]
+    text = " ".join(page.text)
+    assert "v0001" in text and "first model: there is no promoted model to compare with" in text
+    assert s["reason"] in text and text.count("nothing new") >= 2 and s["run_id"] in text
 
 
 @pytest.mark.slow
