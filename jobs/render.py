@@ -80,6 +80,9 @@ def build_parser():
                    help="length of the committed segments in seconds of film: what a crash can lose and "
                         "the unit of parallel work (default: 10)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--score", action="store_true",
+                   help="score the written film against its source at the model's input size: PSNR, SSIM, "
+                        "MS-SSIM, Laplacian ratio (detail kept) and flicker ratio, in the summary's \"score\"")
     p.add_argument("--runner", default=None,
                    help="render segments with an Apache Beam pipeline on this runner (DirectRunner, "
                         "FlinkRunner, ...); further Beam options follow, e.g. --direct_num_workers 2 "
@@ -95,7 +98,7 @@ def config_from_args(args, beam_args=()):
         side_by_side=args.side_by_side, blend=args.blend, smooth=args.smooth, audio=not args.no_audio,
         audio_track=args.audio_track, deinterlace="off" if args.keep_fields else "auto",
         stall_seconds=args.stall_seconds, batch_size=args.batch_size, segment_seconds=args.segment_seconds,
-        overwrite=args.overwrite, runner=args.runner, beam_args=tuple(beam_args),
+        overwrite=args.overwrite, runner=args.runner, beam_args=tuple(beam_args), score=args.score,
         settings=getattr(args, "settings", None))
     if args.attribute_data and not args.attribute:
         raise CadlError("--attribute-data: give the attribute too, e.g. --attribute Smiling=1.5")

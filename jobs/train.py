@@ -63,7 +63,8 @@ def add_options(p, preset_defaults=True):
 
     m = p.add_argument_group("model (stored in RUN/config.json; a resumed run keeps its own)")
     m.add_argument("--preset", choices=PRESETS, default="default",
-                   help="named starting point: default (ours), tiny (tests), course (the lesson's network)")
+                   help="named starting point: default (ours), tiny (tests), course (the lesson's network), "
+                        "sharp (the VAE trained against a PatchGAN discriminator: sharper re-renders)")
     m.add_argument("--arch", choices=("resnet", "course"), help="network family")
     m.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")],
                    help="channels per level, comma-separated; depth = their count; sides must divide by 2^depth")
@@ -84,6 +85,19 @@ def add_options(p, preset_defaults=True):
                                        "and its network unless model flags are given; ignored when RUN "
                                        "already has checkpoints")
 
+    s = p.add_argument_group("sharp preset (--preset sharp; ignored otherwise)")
+    s.add_argument("--disc-widths", type=lambda v: [int(w) for w in v.split(",")],
+                   help="channels of the discriminator's 4x4 stride-2 spectral-norm convs, comma-separated")
+    s.add_argument("--feature-weight", type=float,
+                   help="weight of feature matching on the discriminator's layers (the learned similarity)")
+    s.add_argument("--adv-weight", type=float,
+                   help="factor on the adaptive weight of the hinge adversarial term (0: off)")
+    s.add_argument("--gan-start", type=int, help="steps of pixel-only training before the discriminator's terms")
+    s.add_argument("--d-floor", type=float,
+                   help="balance rule: the discriminator is not updated while its hinge loss is below this")
+    s.add_argument("--ms-ssim-weight", type=float, help="> 0: add weight x (1 - MS-SSIM) to the pixel loss")
+    s.add_argument("--d-lr", type=float, default=5e-4, help="the discriminator's Adam learning rate")
+
     t = p.add_argument_group("optimisation")
     t.add_argument("--batch-size", type=int, default=32, help="images per step (global, over all replicas)")
     t.add_argument("--lr", "--learning-rate", type=float, default=1e-3,
@@ -94,6 +108,8 @@ def add_options(p, preset_defaults=True):
                         "to 0 over the run (the fraction of --max-steps/--epochs reached, or of --max-seconds "
                         "spent in this invocation, whichever is further). Decay fits the training frames "
                         "closer but did worse on unseen frames (benchmarks/quality_bench.py), hence constant")
+
+    t.add_argument("--clip-norm", type=float, help="clip each step's gradients to this global norm (default: none)")
 
     d = p.add_argument_group("input pipeline")
     d.add_argument("--augment", action="store_true", help="random horizontal flips")
@@ -132,20 +148,26 @@ def add_options(p, preset_defaults=True):
     if not preset_defaults:
         return
     from models.vae import DEFAULTS
+    from models.vaegan import GAN_DEFAULTS
 
     for action in m._group_actions:  # model flags: say what the default preset uses
         key = action.dest
         if key in DEFAULTS and action.default is None:
             value = DEFAULTS[key]
             action.help += f" (default preset: {','.join(map(str, value)) if isinstance(value, list) else value})"
+    for action in s._group_actions:
+        if action.dest in GAN_DEFAULTS:
+            value = GAN_DEFAULTS[action.dest]
+            action.help += f" (sharp: {','.join(map(str, value)) if isinstance(value, list) else value})"
 
 
 def config_from_args(args, **fields):
     """The flags -> ``TrainConfig``, field for field (``fields``: what the caller sets itself)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     values["progress"] = not args.no_progress
-    if values.get("widths") is not None:
-        values["widths"] = tuple(values["widths"])
+    for key in ("widths", "disc_widths"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
     values.update(fields)
     return TrainConfig(**values)
 

@@ -285,9 +285,16 @@ class VAE(keras.Model):
 
     def compute_terms(self, x, training):
         """Per-batch means of the loss terms for float images ``x`` in [0, 1]; returns a dict of scalars."""
+        return self.terms(x, *self.forward(x, training), training)
+
+    def forward(self, x, training):
+        """Float images (B, H, W, C) in [0, 1] -> (reconstructions float32 in [0, 1], z_mean, z_log_var)."""
         z_mean, z_log_var = self.encoder(x, training=training)
         z = self.sampling(z_mean, z_log_var, training=training)
-        y = tf.cast(self.decoder(z, training=training), tf.float32)
+        return tf.cast(self.decoder(z, training=training), tf.float32), z_mean, z_log_var
+
+    def terms(self, x, y, z_mean, z_log_var, training):
+        """The loss terms of images ``x`` reconstructed as ``y`` through the code (z_mean, z_log_var)."""
         err = y - x
         sq = tf.reduce_sum(tf.square(err), axis=[1, 2, 3])  # (B,) summed over pixels
         if self.config["loss"] == "sse":

@@ -43,7 +43,14 @@ STATE = "state.json"
 
 @dataclasses.dataclass(frozen=True)
 class RenderConfig:
-    """Every knob of a render; the defaults are ``cadl render``'s."""
+    """Every knob of a render; the defaults are ``cadl render``'s.
+
+    ``score``: the summary gets ``"score"``, the written film against its source (``pipelines.metrics``), both
+    decoded at the model's input size with the model's fit (the source as the model saw it; the output, codec
+    losses included, brought back to those pixels), streamed: {"psnr": dB, "ssim", "ms_ssim" (None when the
+    size holds fewer than 2 scales), "laplacian_ratio" (detail kept: render / source), "flicker_ratio"
+    (frame-to-frame change: render / source), "frames", "size": [H, W], "reference": the source's path,
+    "resolution": "model"}. Not with ``side_by_side`` or a PNG sequence output."""
     model: str                     # a run folder, its export/ folder, a .keras file or a symlink to one
     input: str                     # the film to render (anything ffmpeg reads)
     output: str                    # .mp4/.m4v, .mov, .mkv, or a path without extension: a PNG sequence folder
@@ -68,6 +75,7 @@ class RenderConfig:
     overwrite: bool = False        # replace an existing output (only a file or a folder a render wrote)
     runner: str = None             # Apache Beam runner for the segments (DirectRunner, ...); None = local
     beam_args: tuple = ()          # further Beam pipeline options ("--direct_num_workers", "2", ...); needs runner
+    score: bool = False            # add the render's quality figures against its source to the summary
     settings: dict = dataclasses.field(default=None, compare=False)  # {"job", "argv", "config_file",
     # "flags"}: how the command was asked for (jobs.config_file), recorded in the summary so it can be repeated
 
@@ -96,6 +104,8 @@ class RenderConfig:
             object.__setattr__(self, "output_size", size)
         if self.deinterlace not in media.DEINTERLACE:
             raise CadlError(f"deinterlace must be one of {', '.join(media.DEINTERLACE)}, not {self.deinterlace!r}")
+        if self.score and self.side_by_side:
+            raise CadlError("--score compares the render with its source: not with --side-by-side")
         object.__setattr__(self, "beam_args", tuple(self.beam_args))
         if self.beam_args and not self.runner:
             raise CadlError(f"Beam options need a runner: {' '.join(self.beam_args)}")
@@ -116,6 +126,8 @@ def _render(c, held):
     """``render``'s body; ``c`` is the config, ``held`` holds the output's lock until the render ends."""
     started = time.time()
     fmt = video_out.output_format(c.output, c.codec, c.crf, c.preset, c.pix_fmt, c.prores_profile)
+    if c.score and fmt.is_sequence:
+        raise CadlError(f"{c.output}: --score needs a film output (.mp4, .mov, .mkv), not a PNG sequence")
     out = _check_paths(c, fmt)
     info = media.probe(c.input, c.stall_seconds)
     if c.audio and info.audio_tracks and not 0 <= c.audio_track < len(info.audio_tracks):
@@ -203,6 +215,8 @@ def _render(c, held):
         result = joined["info"]
         summary.update(frames=result.num_frames, duration=result.duration, audio=joined["audio"],
                        audio_codec=joined["audio_codec"], audio_kept=joined["audio"] is not None)
+        if c.score:
+            summary["score"] = _score(c, info, layout, out)
         _finish_summary(summary, stats, render_seconds, time.time() - t, started)
         summary_path = out + ".summary.json"
         atomic.write_json(summary_path, summary)
@@ -397,6 +411,20 @@ def _render_locally(plan, model, pending, work, done, out):
         return render_segments(plan, model, pending, progress=bar.update, on_commit=committed)
     finally:
         bar.close()
+
+
+def _score(c, info, layout, out):
+    """The written film against its source at the model's input size (``RenderConfig`` says the keys)."""
+    from pipelines import metrics
+
+    t = time.time()
+    figures = metrics.score_films(info.path, out, layout.model, layout.fit, deinterlace=c.deinterlace,
+                                  stall_seconds=c.stall_seconds)
+    log.info("score of %s against %s at %dx%d: PSNR %.2f dB, SSIM %.3f, Laplacian ratio %.2f, flicker ratio "
+             "%.2f (%.1f s)", out, info.path, layout.model[0], layout.model[1], figures["psnr"] or 0.0,
+             figures["ssim"] or 0.0, figures["laplacian_ratio"] or 0.0, figures["flicker_ratio"] or 0.0,
+             time.time() - t)
+    return dict(figures, reference=os.path.abspath(info.path), resolution="model")
 
 
 def _rate(fps):

@@ -32,6 +32,7 @@ EXACT_RESUME_BYTES = 128 * 2**20  # exact_resume "auto": save the data position 
 HISTORY_MAX = 500  # loss points kept in summary.json
 MONTAGE_IMAGES = 16  # the fixed validation batch shown in recon montages (two rows of originals/reconstructions)
 LATENT_SAMPLES = 36  # z ~ N(0, I) decoded in latent montages (6 x 6)
+SCORE_BATCHES = 4  # validation batches whose reconstructions get SSIM and the Laplacian ratio (a forward pass)
 REPORT_SECONDS = 30.0  # RUN/report.html at a validation at most this often (it takes ~1 s on a long history)
 
 
@@ -50,7 +51,9 @@ def model_config(config, manifest, stored=None, base=None):
                             + ", ".join(f"{k}={stored.get(k)!r}" for k in conflicts)
                             + f"; it cannot resume with {conflicts}; use a new --out folder")
         return vae.make_config(vae.upgrade_config(stored))
-    preset = {"default": {}, "tiny": vae.TINY, "course": vae.COURSE}[config.preset]
+    from models import vaegan
+
+    preset = {"default": {}, "tiny": vae.TINY, "course": vae.COURSE, "sharp": vaegan.VAE_PRESET}[config.preset]
     if base is not None and config.preset == "default" and not explicit:
         preset = {k: v for k, v in base.items() if k not in ("image_size", "channels", "fit", "seed")}
     model = dict(preset)
@@ -63,6 +66,13 @@ def model_config(config, manifest, stored=None, base=None):
         return vae.make_config(model)
     except ValueError as e:
         raise CadlError(f"{config.data}: {e}") from None
+
+
+def sharp_options(config):
+    """The sharp preset's GAN knobs from the TrainConfig (None: models.vaegan.GAN_DEFAULTS)."""
+    from models import vaegan
+
+    return {k: getattr(config, k) for k in vaegan.GAN_DEFAULTS}
 
 
 def check_compatible(config, manifest, where, data_dir):
@@ -202,6 +212,12 @@ class Trainer:
             from pipelines import export
             source = export.load_model(args.init_from)
         self.config = model_config(args, self.manifest, stored, source.config if source is not None else None)
+        self.sharp = args.preset == "sharp"
+        if stored is not None:
+            was = atomic.read_json(config_path).get("sharp") is not None
+            if was != self.sharp:
+                raise CadlError(f"{config_path}: run was trained {'with' if was else 'without'} --preset sharp; "
+                                "it resumes with the same preset; use a new --out folder")
 
         keras.utils.set_random_seed(args.seed)
         keras.mixed_precision.set_global_policy(args.precision)
@@ -209,11 +225,21 @@ class Trainer:
         if args.batch_size % self.replicas:
             raise CadlError(f"--batch-size {args.batch_size} must divide by the {self.replicas} replicas")
         with self.strategy.scope():
-            self.model = vae.VAE(self.config, name="vae").build_all()
-            self.model.compile(optimizer=keras.optimizers.Adam(args.lr), jit_compile=bool(args.jit),
+            clip = {"global_clipnorm": args.clip_norm} if args.clip_norm else {}
+            if self.sharp:
+                from models import vaegan
+                try:
+                    self.model = vaegan.VAEGAN(self.config, gan=sharp_options(args), name="vae").build_all()
+                except ValueError as e:
+                    raise CadlError(f"{args.data}: {e}") from None
+                # D: Adam with a short memory (beta_1 0.5), as GANs are usually trained
+                self.model.set_d_optimizer(keras.optimizers.Adam(args.d_lr, beta_1=0.5, beta_2=0.9, **clip))
+            else:
+                self.model = vae.VAE(self.config, name="vae").build_all()
+            self.model.compile(optimizer=keras.optimizers.Adam(args.lr, **clip), jit_compile=bool(args.jit),
                                steps_per_execution=args.steps_per_execution)
             self.optimizer = self.model.optimizer
-            self.optimizer.build(self.model.trainable_variables)
+            self.optimizer.build(getattr(self.model, "generator_variables", self.model.trainable_variables))
         # The data stream: its position is part of the checkpoint when small enough (exact resume).
         self.exact = self._exact_resume()
         self.iterator = self.train_stream(resume_step=None)
@@ -239,6 +265,7 @@ class Trainer:
             "training": {k: v for k, v in dataclasses.asdict(args).items()
                          if k not in ("data", "out", "settings") + MODEL_FLAGS},
             "settings": args.settings,  # the flags as resolved from the command line and --config
+            "sharp": self.model.gan if self.sharp else None,  # the sharp preset's discriminator and loss weights
         })
 
     @property
@@ -277,6 +304,8 @@ class Trainer:
         """The run's checkpoints: weights, optimizer (with the step), noise generators, and the data position
         when it is small enough and can be saved."""
         objects = checkpoints.keras_objects(self.model)
+        if self.sharp:  # both networks and both optimizers: a resumed sharp run continues exactly
+            objects.update(discriminator=self.model.discriminator, d_optimizer=self.model.d_optimizer)
         if self.exact and self.iterator_checkpointable:
             objects["data"] = self.iterator
         self.checkpoints = checkpoints.Checkpoints(self.ckpt_dir, self.args.keep, run=self.out, unit="step",
@@ -332,9 +361,21 @@ class Trainer:
                 with warnings.catch_warnings():  # Keras warns that a finite dataset "ran out": it is meant to
                     warnings.simplefilter("ignore", UserWarning)
                     results = self.model.evaluate(self.val_dataset(), verbose=0, return_dict=True)
-                return {k: float(v) for k, v in results.items()}
+                return {**{k: float(v) for k, v in results.items()}, **self.sharpness()}
             except (self.tf.errors.DataLossError, self.tf.errors.InvalidArgumentError) as e:
                 self.data_error(e, self.val_files)
+
+    def sharpness(self):
+        """SSIM and the Laplacian-variance ratio (detail kept, 1 = the source's) of the reconstructions of the
+        first SCORE_BATCHES validation batches (z = the mean), by ``pipelines.metrics``."""
+        from models.vae import to_uint8
+        from pipelines import metrics
+
+        scorer = metrics.Scorer()
+        for batch in self.val_dataset().take(SCORE_BATCHES):
+            scorer.update(batch.numpy(), to_uint8(self.model(batch, training=False)).numpy())
+        figures = scorer.result()
+        return {k: figures[k] for k in ("ssim", "laplacian_ratio") if figures[k] is not None}
 
     def _validate_locally(self):
         """Validation with several workers: each worker alone over the whole validation set, so no collective
@@ -432,7 +473,11 @@ class Trainer:
         """export/model.keras and export/saved_model/, each appearing complete."""
         from pipelines import export
 
-        return export.export(self.model, os.path.join(self.out, "export"), export.vae_endpoints(self.model))
+        model = self.model
+        if self.sharp:  # the encoder and decoder only: render and retrain load a plain VAE
+            from models import vaegan
+            model = vaegan.export_vae(self.model)
+        return export.export(model, os.path.join(self.out, "export"), export.vae_endpoints(model))
 
     def _previous_history(self):
         """The loss history of earlier invocations of this run (a resumed run continues the curve)."""
@@ -565,10 +610,11 @@ class Trainer:
                                   "train": train_logs, "validation": val, "validation_split": self.val_split,
                                   "wall_time_s": time.time() - self.t0})
                     if bar.disable:
-                        log.info("step %d%s: train loss %.2f, PSNR %.2f dB; validation loss %.2f, PSNR %.2f dB; "
-                                 "%.0f images/s", step, f"/{target}" if target else "",
+                        log.info("step %d%s: train loss %.2f, PSNR %.2f dB; validation loss %.2f, PSNR %.2f dB, "
+                                 "Laplacian ratio %.2f; %.0f images/s", step, f"/{target}" if target else "",
                                  train_logs.get("loss", loss), train_logs.get("psnr", float("nan")),
                                  val.get("loss", float("nan")), val.get("psnr", float("nan")),
+                                 val.get("laplacian_ratio", float("nan")),
                                  train_steps * args.batch_size / max(train_seconds, 1e-9))
                 if args.montage_every and step % args.montage_every < done:
                     self.montages(images, z, writers)
@@ -628,6 +674,7 @@ class Trainer:
             "validation": val,
             "validation_split": self.val_split,
             "validation_psnr": val.get("psnr"),
+            "validation_laplacian_ratio": val.get("laplacian_ratio"),
             "images_per_s": train_steps * self.args.batch_size / train_seconds if train_seconds else None,
             "wall_time_s": time.time() - self.t0,
             "history": history,

@@ -35,7 +35,7 @@ from pipelines.lock import LOCK_NAME, folder_lock
 
 log = logging.getLogger("cadl.train")
 
-PRESETS = ("default", "tiny", "course")
+PRESETS = ("default", "tiny", "course", "sharp")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -50,7 +50,8 @@ class TrainConfig:
     max_seconds: Optional[float] = None     # wall-clock budget of this call, seconds
     epochs: Optional[float] = None          # passes over the training split (global, like max_steps)
     # the model (stored in RUN/config.json)
-    preset: str = "default"                 # PRESETS: default (ours), tiny (tests), course (the lesson's)
+    preset: str = "default"                 # PRESETS: default (ours), tiny (tests), course (the lesson's),
+                                            # sharp (the VAE + a PatchGAN discriminator: models/vaegan.py)
     arch: Optional[str] = None              # "resnet" | "course"
     widths: Optional[tuple] = None          # channels per level; depth = their count
     blocks: Optional[int] = None            # residual blocks per level
@@ -65,10 +66,19 @@ class TrainConfig:
     beta_warmup: Optional[int] = None       # steps over which beta ramps up from 0
     seed: int = 0                           # weights, sampling noise and data order
     init_from: Optional[str] = None         # warm start: weights (and network) of this model
+    # the sharp preset's discriminator and losses (None: models.vaegan.GAN_DEFAULTS; ignored by other presets)
+    disc_widths: Optional[tuple] = None     # channels of D's 4x4 stride-2 spectral-norm convs
+    feature_weight: Optional[float] = None  # weight of feature matching on D's layers (learned similarity)
+    adv_weight: Optional[float] = None      # factor on the adaptive (VQGAN) weight of the hinge term
+    gan_start: Optional[int] = None         # steps of pixel-only training before features + adversarial
+    d_floor: Optional[float] = None         # balance: D waits while its hinge loss is below this
+    ms_ssim_weight: Optional[float] = None  # > 0: pixel loss += weight x (1 - MS-SSIM) per pixel
+    d_lr: float = 5e-4                      # the discriminator's Adam learning rate (sharp)
     # optimisation
     batch_size: int = 32                    # images per step (global, over all replicas)
     lr: float = 1e-3                        # Adam learning rate
     lr_schedule: str = "constant"           # LR_SCHEDULES: constant, or decay to 0 over the budget
+    clip_norm: Optional[float] = None       # clip each step's gradients to this global norm (None: no clip)
     # input pipeline
     augment: bool = False                   # random horizontal flips
     cache: str = "auto"                     # "auto" (when <= 1 GiB) | "yes" | "no": decoded images in memory
@@ -138,9 +148,10 @@ def train(config):
             keras.mixed_precision.set_global_policy("float32")  # a process-wide setting: leave it as found
     val = summary["validation"]
     log.info("step %d (%.2f epochs): train loss %.2f, validation loss %.2f, validation PSNR %.2f dB, "
-             "%.0f images/s; run folder %s", summary["step"], summary["epochs"],
+             "Laplacian ratio %.2f, %.0f images/s; run folder %s", summary["step"], summary["epochs"],
              summary["train"].get("loss", float("nan")), val.get("loss", float("nan")),
-             val.get("psnr", float("nan")), summary["images_per_s"] or 0.0, config.out)
+             val.get("psnr", float("nan")), val.get("laplacian_ratio", float("nan")),
+             summary["images_per_s"] or 0.0, config.out)
     return summary
 
 
