@@ -218,6 +218,8 @@ def _render(c, held):
         if c.score:
             summary["score"] = _score(c, info, layout, out)
         _finish_summary(summary, stats, render_seconds, time.time() - t, started)
+        if c.score:  # the page beside the film: the figures and a strip of source over render
+            summary["report"] = _score_page(out, summary, info, dataclasses.replace(result, path=out))
         summary_path = out + ".summary.json"
         atomic.write_json(summary_path, summary)
     work.remove()
@@ -425,6 +427,25 @@ def _score(c, info, layout, out):
              figures["ssim"] or 0.0, figures["laplacian_ratio"] or 0.0, figures["flicker_ratio"] or 0.0,
              time.time() - t)
     return dict(figures, reference=os.path.abspath(info.path), resolution="model")
+
+
+def _score_page(out, summary, source, rendered, height=144):
+    """``OUT.report.html`` (``pipelines.report.render_report``) with a strip of ``report.STRIP_FRAMES`` frames
+    evenly spaced through the film, each read from the source and from the output at ``height`` pixels."""
+    from pipelines import report
+
+    n = min(source.num_frames, rendered.num_frames)
+    picks = sorted({round(i * (n - 1) / max(report.STRIP_FRAMES - 1, 1)) for i in range(report.STRIP_FRAMES)})
+    h = min(height, rendered.height)
+    size = (h, max(2, round(h * rendered.width / rendered.height)))
+
+    def frames(info):
+        got = []
+        for i in picks:
+            got += [f for _, _, f in media.read_frames(info.path, size, "stretch", i, i + 1, info=info)]
+        return got
+
+    return report.render_report(out, summary, frames(source), frames(rendered))
 
 
 def _rate(fps):

@@ -2,6 +2,7 @@
 is exact, its export is a plain VAE that renders, and a render's --score summary."""
 import os
 
+import imageio
 import keras
 import numpy as np
 import pytest
@@ -117,6 +118,13 @@ def test_sharp_export_renders_and_scores(sharp_run, tmp_path):
     assert 5 < score["psnr"] < 60 and 0 < score["laplacian_ratio"] and 0 < score["flicker_ratio"]
     assert -1 <= score["ssim"] <= 1
     assert atomic.read_json(str(tmp_path / "out.mp4") + ".summary.json")["score"] == score
+    # The page beside the film: the figures, and a strip of 8 source frames over the same 8 rendered.
+    page = str(tmp_path / "out.mp4") + ".report.html"
+    assert summary["report"] == page and os.path.exists(page)
+    html = open(page).read()
+    assert "Laplacian" in html and "out.mp4.report-strip.png" in html
+    strip = imageio.v3.imread(str(tmp_path / "out.mp4") + ".report-strip.png")
+    assert strip.shape[0] >= 2 * 36 and strip.shape[1] >= 8 * 64  # 2 rows of 8 frames, padded
 
 
 def test_score_refuses_side_by_side(sharp_run, tmp_path):
