@@ -49,8 +49,10 @@ def _start(argv):
     if name not in JOBS:
         print(f"cadl: unknown job {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    quiet_imports(tensorflow=name not in ("extract", "info"),  # extraction never needs TensorFlow
-                  beam=name in ("extract", "retrain", "demo") or any(a.startswith("--runner") for a in rest))
+    helping = any(a in ("-h", "--help") for a in rest)  # a job's --help is instant: it imports neither
+    quiet_imports(tensorflow=name not in ("extract", "info") and not helping,  # extraction never needs TF
+                  beam=not helping and (name in ("extract", "retrain", "demo") or
+                                        any(a.startswith("--runner") for a in rest)))
     module = importlib.import_module(f"jobs.{name}")
     return run_job(module.run, rest)
 
@@ -101,13 +103,27 @@ def quiet_imports(tensorflow=True, beam=True):
     try:
         with _filtered_stderr():
             if tensorflow:
-                import tensorflow as tf
-
+                tf = _import_tensorflow()
                 tf.config.list_physical_devices("GPU")
             if beam:
                 import apache_beam  # noqa: F401
     finally:
         root.setLevel(level)
+
+
+def _import_tensorflow():
+    """``import tensorflow``, without the matplotlib.pyplot that Keras imports on the way for a plotting
+    helper cadl never calls (a third of a second of every start; ``pipelines.report`` draws with
+    matplotlib's Agg canvas and imports it itself, when it draws)."""
+    blocked = "matplotlib.pyplot" not in sys.modules
+    if blocked:
+        sys.modules["matplotlib.pyplot"] = None  # Keras' `import matplotlib.pyplot` raises ImportError
+    try:
+        import tensorflow as tf
+    finally:
+        if blocked and sys.modules.get("matplotlib.pyplot", 0) is None:
+            del sys.modules["matplotlib.pyplot"]
+    return tf
 
 
 if __name__ == "__main__":

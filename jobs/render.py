@@ -76,9 +76,13 @@ def build_parser():
     p.add_argument("--stall-seconds", type=float, default=media.STALL_SECONDS, metavar="SECONDS",
                    help="give up on an ffmpeg process whose output has not moved for SECONDS (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per model call (default: 16)")
-    p.add_argument("--segment-seconds", type=float, default=10.0,
+    p.add_argument("--model-threads", type=int, default=0, metavar="N",
+                   help="CPU threads per model operation (default: 0 = half the cores on a machine without a "
+                        "GPU, leaving the rest to ffmpeg's decoder and encoder)")
+    p.add_argument("--segment-seconds", type=float, default=30.0,
                    help="length of the committed segments in seconds of film: what a crash can lose and "
-                        "the unit of parallel work (default: 10)")
+                        "the unit of parallel work (default: 30; each segment starts an encoder, which "
+                        "costs about 0.1 CPU s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--score", action="store_true",
                    help="score the written film against its source at the model's input size: PSNR, SSIM, "
@@ -97,8 +101,8 @@ def config_from_args(args, beam_args=()):
         preset=args.preset, pix_fmt=args.pix_fmt, prores_profile=args.prores_profile, scale=args.scale,
         side_by_side=args.side_by_side, blend=args.blend, smooth=args.smooth, audio=not args.no_audio,
         audio_track=args.audio_track, deinterlace="off" if args.keep_fields else "auto",
-        stall_seconds=args.stall_seconds, batch_size=args.batch_size, segment_seconds=args.segment_seconds,
-        overwrite=args.overwrite, runner=args.runner, beam_args=tuple(beam_args), score=args.score,
+        stall_seconds=args.stall_seconds, batch_size=args.batch_size, model_threads=args.model_threads,
+        segment_seconds=args.segment_seconds, overwrite=args.overwrite, runner=args.runner, beam_args=tuple(beam_args), score=args.score,
         settings=getattr(args, "settings", None))
     if args.attribute_data and not args.attribute:
         raise CadlError("--attribute-data: give the attribute too, e.g. --attribute Smiling=1.5")

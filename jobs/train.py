@@ -147,8 +147,7 @@ def add_options(p, preset_defaults=True):
     g.add_argument("--steps-per-execution", type=int, default=1, help="training steps per tf.function call")
     if not preset_defaults:
         return
-    from models.vae import DEFAULTS
-    from models.vaegan import GAN_DEFAULTS
+    from models.defaults import DEFAULTS, GAN_DEFAULTS  # no TensorFlow: --help starts at once
 
     for action in m._group_actions:  # model flags: say what the default preset uses
         key = action.dest

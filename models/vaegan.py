@@ -27,17 +27,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from models.defaults import GAN_DEFAULTS  # every knob: see there
 from models.vae import VAE, to_float
-
-# The sharp preset's knobs (the trainer's TrainConfig fields of the same names override them).
-GAN_DEFAULTS = {
-    "disc_widths": [32, 64, 128],  # channels of D's 4x4 stride-2 convs; the patch each logit sees grows with them
-    "feature_weight": 0.05,        # weight of the feature-matching (learned similarity) term
-    "adv_weight": 0.2,             # factor on the adaptive weight of the hinge adversarial term (0: off)
-    "gan_start": 150,              # optimizer steps of pixel-only training before features + adversarial
-    "d_floor": 0.3,                # balance: D is not updated while its hinge loss is below this (0: always)
-    "ms_ssim_weight": 0.0,         # > 0: pixel loss += weight * P * (1 - MS-SSIM) at the scales that fit
-}
 
 # What the VAE itself uses under the sharp preset: the default's (summed squared error: an L1 pixel loss, the
 # median, left moving objects out of the reconstructions in the first hundreds of steps: README, "Sharp

@@ -107,6 +107,25 @@ def load_inference(path):
     return Inference(load_model(path), path=os.fspath(path))
 
 
+def share_cpu_with_ffmpeg(threads=0):
+    """Give TensorFlow's ops ``threads`` CPU threads each (0: half the cores, at least one, on a machine
+    without a GPU; TensorFlow's own choice with one), so that a render's model leaves the other cores to its
+    ffmpeg decoder and encoder instead of spinning against them. Returns the count set, or None when
+    TensorFlow keeps its own (a GPU, or its runtime already started in this process).
+
+    Measured on 2 cores (``benchmarks/render_bench.py``): one thread per op takes 2.55 CPU s for what two
+    take 3.08 CPU s to do alone, and a render is no slower for it, since x264 fills the other core."""
+    if threads == 0:
+        if tf.config.list_physical_devices("GPU"):
+            return None
+        threads = max(1, (os.cpu_count() or 1) // 2)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+    except RuntimeError:  # the runtime is up (an earlier model in this process): it keeps its pool
+        return None
+    return int(threads)
+
+
 class Inference:
     """A trained VAE for inference: uint8 frames in, latent means or uint8 frames out, deterministic."""
 

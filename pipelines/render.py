@@ -28,6 +28,7 @@ import json
 import logging
 import operator
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -71,7 +72,8 @@ class RenderConfig:
     deinterlace: str = "auto"      # media.DEINTERLACE: "auto" deinterlaces interlaced films, "off" keeps fields
     stall_seconds: float = media.STALL_SECONDS  # give up on an ffmpeg process stuck this many seconds
     batch_size: int = 16           # frames per model call (>= 1)
-    segment_seconds: float = 10.0  # seconds of film per committed segment (> 0): what a crash can lose
+    model_threads: int = 0         # CPU threads per model op (>= 0); 0 = half the cores without a GPU
+    segment_seconds: float = 30.0  # seconds of film per committed segment (> 0): what a crash can lose
     overwrite: bool = False        # replace an existing output (only a file or a folder a render wrote)
     runner: str = None             # Apache Beam runner for the segments (DirectRunner, ...); None = local
     beam_args: tuple = ()          # further Beam pipeline options ("--direct_num_workers", "2", ...); needs runner
@@ -88,6 +90,8 @@ class RenderConfig:
             raise CadlError(f"--scale must be positive, not {self.scale}")
         if self.batch_size < 1:
             raise CadlError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.model_threads < 0:
+            raise CadlError(f"--model-threads must be 0 (automatic) or more, not {self.model_threads}")
         if not self.segment_seconds > 0:
             raise CadlError(f"--segment-seconds must be positive, not {self.segment_seconds}")
         if self.output_size is not None:
@@ -124,7 +128,7 @@ def render(config):
 
 def _render(c, held):
     """``render``'s body; ``c`` is the config, ``held`` holds the output's lock until the render ends."""
-    started = time.time()
+    started, cpu = time.time(), {"start": _cpu_seconds()}
     fmt = video_out.output_format(c.output, c.codec, c.crf, c.preset, c.pix_fmt, c.prores_profile)
     if c.score and fmt.is_sequence:
         raise CadlError(f"{c.output}: --score needs a film output (.mp4, .mov, .mkv), not a PNG sequence")
@@ -134,9 +138,9 @@ def _render(c, held):
         raise CadlError(f"{c.input}: --audio-track {c.audio_track}: the film has "
                         f"{len(info.audio_tracks)} audio track{'s' if len(info.audio_tracks) != 1 else ''} "
                         f"(0..{len(info.audio_tracks) - 1})")
-    t = time.time()
-    model, model_file = _load_model(c.model)
-    load_seconds = time.time() - t
+    t, cpu["before_load"] = time.time(), _cpu_seconds()
+    model, model_file, model_threads = _load_model(c.model, c.model_threads)
+    load_seconds, cpu["load"] = time.time() - t, _cpu_seconds() - cpu["before_load"]
     shift = _attribute_shift(c, model, model_file)
     layout = geometry.make_layout(info, model.config, fmt, c.output_size, c.scale, c.side_by_side, c.blend)
     work = WorkFolder(out)
@@ -144,7 +148,7 @@ def _render(c, held):
     plan = SegmentPlan(info=info, layout=layout, fmt=fmt, parts=work.path,
                        segments=tuple(info.segments(c.segment_seconds)), smooth=c.smooth_frames,
                        batch_size=c.batch_size, deinterlace=c.deinterlace, stall_seconds=c.stall_seconds,
-                       latent_shift=shift)
+                       latent_shift=shift, encoder_threads=_encoder_threads(model_threads))
     done = work.open(_fingerprint(info, model_file, plan), plan.segments, fmt)
     pending = [k for k in range(len(plan.segments)) if k not in done]
     resumed_at = plan.segments[pending[0]][0] if done and pending else (info.num_frames if done else 0)
@@ -158,7 +162,7 @@ def _render(c, held):
              layout.frame_size[1], layout.frame_size[0])
 
     stats = {"frames": 0, "missing_source_frames": 0, "seconds": {}}
-    t = time.time()
+    t, cpu["before_render"] = time.time(), _cpu_seconds()
     if pending and c.runner:
         # Workers load the resolved .keras file: a LATEST symlink switched meanwhile cannot mix models.
         render_with_beam(plan, os.path.abspath(model_file), pending, ["--runner", c.runner] + list(c.beam_args))
@@ -173,10 +177,10 @@ def _render(c, held):
         stats["frames"] = sum(plan.segments[k][1] - plan.segments[k][0] for k in pending)
     elif pending:
         stats = _render_locally(plan, model, pending, work, done, out)
-    render_seconds = time.time() - t
+    render_seconds, cpu["render"] = time.time() - t, _cpu_seconds() - cpu["before_render"]
     stats["seconds"] = dict(stats["seconds"], load=load_seconds)  # the model's, before any frame
 
-    t = time.time()
+    t, cpu["before_join"] = time.time(), _cpu_seconds()
     seg_paths = [plan.segment_path(k) for k in range(len(plan.segments))]
     summary = {
         "input": os.path.abspath(info.path), "output": out, "model": os.path.abspath(c.model),
@@ -192,6 +196,7 @@ def _render(c, held):
         "audio_track": c.audio_track if info.audio_tracks and c.audio else None,
         "options": {"side_by_side": c.side_by_side, "blend": c.blend, "smooth": plan.smooth,
                     "batch_size": c.batch_size, "segment_seconds": c.segment_seconds,
+                    "model_threads": model_threads, "encoder_threads": plan.encoder_threads,
                     "crf": c.crf if fmt.codec == "h264" else None,
                     "preset": c.preset if fmt.codec == "h264" else None, "pix_fmt": fmt.pix_fmt},
         "settings": c.settings,
@@ -203,7 +208,7 @@ def _render(c, held):
         joined = video_out.join_sequence(seg_paths, staging, info, keep_audio=c.audio, audio_track=c.audio_track)
         summary.update(frames=joined["frames"], duration=info.duration, audio=joined["audio"],
                        audio_codec=joined["audio_codec"], audio_kept=joined["audio"] is not None)
-        _finish_summary(summary, stats, render_seconds, time.time() - t, started)
+        _finish_summary(summary, stats, render_seconds, time.time() - t, started, cpu)
         atomic.write_json(os.path.join(staging, "summary.json"), summary)
         owned.mark(staging, "frames")
         check_replaceable(out, c.input, c.model)  # again: the folder may have changed meanwhile
@@ -217,7 +222,7 @@ def _render(c, held):
                        audio_codec=joined["audio_codec"], audio_kept=joined["audio"] is not None)
         if c.score:
             summary["score"] = _score(c, info, layout, out)
-        _finish_summary(summary, stats, render_seconds, time.time() - t, started)
+        _finish_summary(summary, stats, render_seconds, time.time() - t, started, cpu)
         if c.score:  # the page beside the film: the figures and a strip of source over render
             summary["report"] = _score_page(out, summary, info, dataclasses.replace(result, path=out))
         summary_path = out + ".summary.json"
@@ -269,8 +274,10 @@ def check_replaceable(out, input_path, model_path):
                         f"marker of a PNG sequence); remove it yourself or choose another output")
 
 
-def _load_model(path):
+def _load_model(path, threads=0):
+    """(``export.Inference``, its .keras file, the CPU threads per op it was given or None)."""
     from pipelines import export  # TensorFlow loads here, after the cheap checks
+    threads = export.share_cpu_with_ffmpeg(threads)
     try:
         model_file = export.resolve_model_path(path)
         model = export.load_inference(path)
@@ -282,7 +289,16 @@ def _load_model(path):
     if channels != 3:
         raise CadlError(f"{path}: the model was trained on {channels}-channel images; films are rendered "
                         f"in colour (3 channels): train on colour frames")
-    return model, model_file
+    return model, model_file, threads
+
+
+def _encoder_threads(model_threads):
+    """The encoder's share of the cores when the model computes on some of them (``model_threads``; None: on
+    a GPU, or with TensorFlow's own pool): the rest, so that neither spins against the other; else ffmpeg's
+    choice. On 2 cores, x264 on one thread takes 2.5 CPU s for what its default three take 3.0 to encode."""
+    if model_threads is None:
+        return 0
+    return max(1, (os.cpu_count() or 1) - model_threads)
 
 
 def _attribute_shift(c, model, model_file):
@@ -387,11 +403,22 @@ def _fingerprint(info, model_file, plan):
 
 # ---- helpers of the render ----
 
-def _finish_summary(summary, stats, render_seconds, join_seconds, started):
+def _cpu_seconds():
+    """CPU seconds (user + system) of this process's threads and of its finished children (ffmpeg)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _finish_summary(summary, stats, render_seconds, join_seconds, started, cpu):
     seconds = {k: round(v, 3) for k, v in stats["seconds"].items()}
     seconds.update(render=round(render_seconds, 3), join=round(join_seconds, 3),
                    total=round(time.time() - started, 3))
     summary["seconds"] = seconds
+    # CPU seconds of every thread and ffmpeg process, by stage: a render on a shared machine moves its wall
+    # time more than these. "render" is the frames' part: decoding, the model, encoding the segments.
+    now = _cpu_seconds()
+    summary["cpu_seconds"] = {"load": round(cpu["load"], 3), "render": round(cpu["render"], 3),
+                              "join": round(now - cpu["before_join"], 3), "total": round(now - cpu["start"], 3)}
     summary["render_fps"] = round(stats["frames"] / render_seconds, 2) if render_seconds > 0 else None
 
 

@@ -70,6 +70,7 @@ class SegmentPlan:
     smooth: int = 1            # frames averaged per latent: odd, 1 = off
     latent_shift: tuple = None  # added to every frame's z before decoding (--attribute), None = off
     batch_size: int = 16       # frames per model call
+    encoder_threads: int = 0   # ffmpeg's encoder threads per segment; 0 = its own choice (every core)
     deinterlace: str = "auto"  # media.DEINTERLACE
     stall_seconds: float = media.STALL_SECONDS
 
@@ -225,7 +226,8 @@ def render_segments(plan, model, seg_ids, progress=None, on_commit=None):
                     if index != start:
                         raise RuntimeError(f"segment {k} starts at frame {index}, expected {start}")
                     writer = video_out.SegmentWriter(plan.segment_path(k), plan.fmt, layout.frame_size,
-                                                     video_out.segment_timing(info, start, stop), start, stop)
+                                                     video_out.segment_timing(info, start, stop), start, stop,
+                                                     threads=plan.encoder_threads)
                 writer.write(geometry.compose(frame, recon, layout))
                 stats["seconds"]["encode"] += time.perf_counter() - t
                 stats["frames"] += 1
@@ -368,6 +370,7 @@ def _render_segment_fn():
 
         def setup(self):
             from pipelines import export
+            export.share_cpu_with_ffmpeg()
             self.model = export.load_inference(self.model_path)
 
         def process(self, k):

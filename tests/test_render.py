@@ -123,6 +123,9 @@ def test_mp4_same_frames_rate_duration_audio_and_content(tiny_run, model, short_
     assert (res.width, res.height) == (160, 90)
     saved = atomic.read_json(str(out) + ".summary.json")
     assert saved["frames"] == 75 and set(saved["seconds"]) >= {"decode", "infer", "encode", "join", "total"}
+    cpu = saved["cpu_seconds"]  # every thread and ffmpeg process, by stage
+    assert set(cpu) == {"load", "render", "join", "total"} and cpu["render"] > 0
+    assert cpu["total"] >= cpu["load"] + cpu["render"] + cpu["join"] - 0.01
     assert not os.path.exists(str(out) + ".parts")
     # Each output frame is the model's reconstruction put back in place (up to H.264 at crf 12).
     layout = geometry.make_layout(src, model.config, video_out.output_format(out))
@@ -479,3 +482,22 @@ def test_beam_multiprocess_workers_give_the_same_frames(tiny_run, ntsc_film, tmp
     a, b = _frames(tmp_path / "local.mkv"), _frames(tmp_path / "beam.mkv")
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert media.probe(tmp_path / "beam.mkv").fps == media.Fraction(24000, 1001)
+
+
+def test_a_render_shares_the_cores_between_the_model_and_the_encoder(tiny_run, short_film, tmp_path):
+    """A fresh ``cadl render`` on a machine without a GPU gives the model half the cores and the encoder the
+    rest; ``--model-threads`` chooses the model's share."""
+    import subprocess
+    import sys
+
+    cores = os.cpu_count()
+    for flag, model_threads in (([], max(1, cores // 2)), (["--model-threads", "1"], 1)):
+        out = tmp_path / f"out{len(flag)}.mp4"
+        proc = subprocess.run([sys.executable, "-m", "jobs.cli", "render", "--model", tiny_run, "--input",
+                               str(short_film), "--output", str(out), "--preset", "ultrafast", *flag],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        options = atomic.read_json(str(out) + ".summary.json")["options"]
+        assert options["model_threads"] == model_threads
+        assert options["encoder_threads"] == max(1, cores - model_threads)
+        assert media.probe(out).num_frames == 75
