@@ -20,7 +20,8 @@ The machine may be shared: figures from one run only, and the load average is pr
 Last run (``--steps 150``, 2 cores shared with other work, load average 2.5 at the start and 3.6-6.8 during):
   default 64x64          cadl train 262.9 images/s; model.fit 247.9 images/s: 1.06x
   default 64x64 --jit    cadl train  88.5 images/s; model.fit  78.9 images/s: 1.12x   (XLA on a CPU: a third)
-  default 72x128         cadl train  55.2 images/s   (under the heaviest load of the run)
+  default 72x128         cadl train  55.2 images/s   (under the heaviest load of the run; alone, 150 steps each
+                         right after one another: 96.0 images/s at 72x128 against 179.0 at 64x64, 1.9x)
   course 64x64           cadl train 188.4 images/s; model.fit 179.4 images/s: 1.05x
   default / course network at 64x64 = 1.40; an hour of CPU here: 0.95 M images at 64x64
 Both sides run the same Keras train function (``cadl train`` calls ``model.make_train_function()``); the
