@@ -9,8 +9,8 @@ duration, a plausible rate); a film whose facts disagree is decoded once (``show
 what the decoder really gives, and a film that still makes no sense is refused in one line. A frame's index
 is its rank in the sorted list, so a segment of a film can be decoded on its own (``read_frames(start=,
 stop=)``) and still give every frame its true index and timestamp: the decoder seeks just before the
-segment's first frame and ``showinfo`` reports the timestamp of each frame it emits, which is looked up in
-the probe's list.
+segment's first frame and reports the timestamp of each frame it emits (``-stats_enc_pre``, one short
+line per frame on a pipe of its own), which is looked up in the probe's list.
 
 Frames come out upright and with square pixels whatever the file stores: ffmpeg applies a rotation
 matrix (phone video) itself, ``normalize_filter`` resamples anamorphic pictures (DVD's 720x480 at SAR
@@ -724,9 +724,9 @@ _PIPE_BYTES = 1 << 20    # stdout pipe capacity asked for: ffmpeg runs further a
 def _decode(cmd, frame_bytes, time_base, stall, status):
     """Run an ffmpeg decoder (``cmd`` ends with its output, "-"); yield ``(pts in time_base units, raw frame
     bytes)`` for each frame it outputs. The pts is the one ffmpeg itself gives the frame as it leaves the
-    filters (what ``showinfo`` printed before, for a tenth of the cost: no log line of ~300 characters to
-    format, write and parse per frame). Sets ``status["stalled"]`` when the watchdog stopped it and
-    ``status["error"]`` to ffmpeg's complaint."""
+    filters (what ``showinfo`` would print, without its log line of ~300 characters to format, write and parse
+    per frame). Needs ffmpeg 6.1 or later (imageio-ffmpeg's is). Sets ``status["stalled"]`` when the watchdog
+    stopped it and ``status["error"]`` to ffmpeg's complaint."""
     read_end, write_end = os.pipe()
     try:
         # The encoder's time base is the filters' (the stream's: no filter here changes it), not 1/rate.
