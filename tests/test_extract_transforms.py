@@ -150,6 +150,11 @@ def test_segments_sized_by_work_and_workers():
     assert len(cut(_film_info(640, 360, 300), 2)) == 2
     # An explicit --segment-seconds still decides alone (tests below cut 3 s films in 0.5 s pieces).
     assert ExtractConfig(inputs=(), output="").segment_seconds is None
+    # The workers counted are the local runner's; another runner's are not known here.
+    from pipelines.extract_beam import local_workers, pipeline_options
+    assert local_workers(*pipeline_options([])) == (os.cpu_count() or 1)
+    assert local_workers(*pipeline_options(["--direct_num_workers", "3"])) == 3
+    assert local_workers(*pipeline_options(["--runner", "DirectRunner"])) == 0
 
 
 def test_segment_film_covers_the_film_with_segments(gop_film, tmp_path):
