@@ -1,5 +1,6 @@
 """The extraction pipeline's pieces: the TensorFlow-free record encoder and TFRecord writer, the split rules,
 and each DoFn / PTransform run in memory with TestPipeline."""
+import dataclasses
 import os
 from fractions import Fraction
 
@@ -148,13 +149,22 @@ def test_segments_sized_by_work_and_workers():
     assert decode.segment_seconds(_film_info(1920, 1080, 4), 0, 100, 64) == decode.AUTO_SEGMENT_SECONDS
     # An odd count would leave a worker idle at the end: a multiple of the workers.
     assert len(cut(_film_info(640, 360, 300), 2)) == 2
-    # An explicit --segment-seconds still decides alone (tests below cut 3 s films in 0.5 s pieces).
-    assert ExtractConfig(inputs=(), output="").segment_seconds is None
+    # With segment_seconds given, it decides alone (tests below cut 3 s films in 0.5 s pieces).
+    assert ExtractConfig(inputs=(), output="", segment_seconds=None).segment_seconds is None
     # The workers counted are the local runner's; another runner's are not known here.
     from pipelines.extract_beam import local_workers, pipeline_options
     assert local_workers(*pipeline_options([])) == (os.cpu_count() or 1)
     assert local_workers(*pipeline_options(["--direct_num_workers", "3"])) == 3
     assert local_workers(*pipeline_options(["--runner", "DirectRunner"])) == 0
+
+
+def test_segment_film_sized_by_work_gives_a_short_film_one_item(gop_film, tmp_path):
+    s = dataclasses.replace(settings(tmp_path, segment_seconds=None), workers=2)
+    with pipeline() as p:
+        planned = p | beam.Create([film_input(gop_film)]) | beam.ParDo(SegmentFilm(s)).with_outputs(
+            "report", main="segments")
+        ranges = planned.segments | beam.Map(lambda seg: (seg["start"], seg["stop"]))
+        assert_that(ranges, equal_to([(0, 75)]))
 
 
 def test_segment_film_covers_the_film_with_segments(gop_film, tmp_path):
