@@ -66,7 +66,8 @@ class ExtractConfig:
     end: float | None = None       # films: seconds into each where extraction stops (> start); None: its end
     deinterlace: str = "auto"      # media.DEINTERLACE: "auto" deinterlaces interlaced films, "off" keeps fields
     stall_seconds: float = media.STALL_SECONDS  # an ffmpeg process silent this long (> 0): its input is skipped
-    segment_seconds: float = 10.0  # least seconds of film per work item (> 0), each cut right after a keyframe
+    segment_seconds: float | None = 10.0  # least seconds of film per work item (> 0), each cut right after a
+    # keyframe; None: sized by the work (frames x pixels) and the runner's workers (extract_decode.segment_seconds)
     format: str = "png"            # schema.IMAGE_FORMATS: "png" (lossless) | "jpeg"
     quality: int = 95              # JPEG quality 1..100 (format "jpeg" only)
     compression: str = "none"      # shards: "none" | "gzip" (.tfrecord.gz)
@@ -96,7 +97,7 @@ class ExtractConfig:
             (self.compression in ("none", "gzip"), "--compression must be none or gzip"),
             (0 <= self.validation_fraction <= 1, "--validation-fraction must be in 0..1"),
             (self.validation_block > 0, "--validation-block must be > 0"),
-            (self.segment_seconds > 0, "--segment-seconds must be > 0"),
+            (self.segment_seconds is None or self.segment_seconds > 0, "--segment-seconds must be > 0"),
             (self.stall_seconds > 0, "--stall-seconds must be > 0"),
             (self.shard_mb > 0, "--shard-mb must be > 0"), (self.num_shards >= 0, "--num-shards must be >= 0"),
             (self.crop_factor is None or 0 < self.crop_factor <= 1, "--crop-factor must be in (0, 1]")]
@@ -329,6 +330,7 @@ def _run_pipeline(settings, new, celebas):
     log.info("extracting %d films, %d images, %d CelebA roots at %s (%s)", len(films), len(images),
              len(new) - len(films) - len(images), geometry.format_size(settings.config.size), settings.config.fit)
     options, runner = extract_beam.pipeline_options(settings.config.beam_args)
+    settings = dataclasses.replace(settings, workers=extract_beam.local_workers(options, runner))
     # A worker's failure comes back as the exception raised here; Beam's own log and print of it (a
     # traceback per bundle, hundreds of lines) only say it again: its error records are dropped, its prints
     # held back and shown unless the failure is one that becomes a single line (a full disk).

@@ -330,6 +330,17 @@ def pipeline_options(beam_args):
     return options, FnApiRunner()
 
 
+def local_workers(options, runner):
+    """How many workers decode with ``pipeline_options``'s result: the local runner's; 0 for any other (not
+    known here)."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    if not isinstance(runner, FnApiRunner) or options.view_as(StandardOptions).runner:
+        return 0
+    return max(1, options.view_as(DirectOptions).direct_num_workers or 1)
+
+
 def make_pipeline(runner, options):
     """``beam.Pipeline(runner, options)``; a runner Beam does not know is one line naming it."""
     try:

@@ -50,6 +50,7 @@ class Settings:
     tmp_dir: str = ""            # where parts, the report and the moments go before finalizing
     png_level: int = 1           # zlib level 0..9 (with the RLE strategy below the level matters little)
     decoder_threads: int = 1     # ffmpeg decoder threads per segment (parallelism comes from workers)
+    workers: int = 0             # workers the runner decodes with (0: not known, e.g. a remote runner)
 
     @property
     def compression(self):
@@ -64,6 +65,28 @@ class Settings:
     @property
     def suffix(self):
         return ".tfrecord.gz" if self.compression == "GZIP" else ".tfrecord"
+
+# Films cut by work when config.segment_seconds is None (``segment_seconds``).
+AUTO_SEGMENT_SECONDS = 10.0      # a work item is never shorter than this
+SEGMENT_PIXELS = 2 ** 29         # decoded pixels per work item at least (1,200 frames of 768x576, 10 s of 1080p
+#                                  at 25 fps), so ffmpeg's start and seek and Beam's bundle stay ~2% of its work
+SEGMENTS_PER_WORKER = 2          # a long film gives each worker this many, so none waits long at the end
+
+
+def segment_seconds(info, lo, hi, workers=0):
+    """The least length in seconds of the work items frames lo..hi-1 of a film are cut into, sized by their
+    work rather than by a fixed time: as many as hold ``SEGMENT_PIXELS`` decoded pixels each; with
+    ``workers`` known, at most ``SEGMENTS_PER_WORKER`` per worker and a multiple of the workers (each extra
+    item costs an ffmpeg start and a seek from its keyframe; an odd one leaves a worker idle at the end)."""
+    span = float((info.pts[hi - 1] - info.pts[lo]) * info.time_base) + 1 / float(info.fps)
+    pixels = max(1, info.coded_width * info.coded_height or info.width * info.height)
+    count = max(1, (hi - lo) * pixels // SEGMENT_PIXELS)
+    if workers > 0:
+        count = min(count, SEGMENTS_PER_WORKER * workers)
+        if count > workers:
+            count -= count % workers
+    return max(AUTO_SEGMENT_SECONDS, span / count)
+
 
 def unit_hash(*parts):
     """A stable number in [0, 1) from ``parts`` (the same on every machine and Python run)."""
@@ -225,7 +248,9 @@ class SegmentFilm(beam.DoFn):
             return
         blocks = validation_blocks(os.path.basename(item.path), info.duration, c.validation_block,
                                    c.validation_fraction, (float((p - info.pts[0]) * tb) for p in info.pts))
-        ranges = media.keyframe_segments(info, info.keyframes, c.segment_seconds, lo, hi)
+        seconds = segment_seconds(info, lo, hi, self.settings.workers) if c.segment_seconds is None else \
+            c.segment_seconds
+        ranges = media.keyframe_segments(info, info.keyframes, seconds, lo, hi)
         facts.update(keyframes=len(info.keyframes), segments=len(ranges))
         yield beam.pvalue.TaggedOutput("report", ("facts", item.path, facts))
         if info.gaps:

@@ -9,8 +9,8 @@ duration, a plausible rate); a film whose facts disagree is decoded once (``show
 what the decoder really gives, and a film that still makes no sense is refused in one line. A frame's index
 is its rank in the sorted list, so a segment of a film can be decoded on its own (``read_frames(start=,
 stop=)``) and still give every frame its true index and timestamp: the decoder seeks just before the
-segment's first frame and ``showinfo`` reports the timestamp of each frame it emits, which is looked up in
-the probe's list.
+segment's first frame and reports the timestamp of each frame it emits (``-stats_enc_pre``, one short
+line per frame on a pipe of its own), which is looked up in the probe's list.
 
 Frames come out upright and with square pixels whatever the file stores: ffmpeg applies a rotation
 matrix (phone video) itself, ``normalize_filter`` resamples anamorphic pictures (DVD's 720x480 at SAR
@@ -24,7 +24,9 @@ makes no progress for ``stall_seconds`` (default ``STALL_SECONDS``), which is re
 """
 import bisect
 import collections
+import contextlib
 import dataclasses
+import fcntl
 import os
 import queue
 import re
@@ -641,7 +643,7 @@ def read_frames(path, size=None, fit="crop", start=0, stop=None, info=None, thre
     upright, square-pixel size (``info.height``, ``info.width``) when ``size`` is None. Frames that a
     damaged film cannot give are missing from the output (their indices are skipped); when nothing at all
     could be decoded, or ffmpeg stalls, ``MediaError`` is raised. ``threads`` is ffmpeg's decoder thread
-    count (0: ffmpeg's choice).
+    count, and its filters' (0: ffmpeg's choice).
     """
     info = info or probe(path, stall_seconds)
     stall = STALL_SECONDS if stall_seconds is None else float(stall_seconds)
@@ -652,12 +654,12 @@ def read_frames(path, size=None, fit="crop", start=0, stop=None, info=None, thre
     window = list(info.pts[start:stop])
     index_of = {p: i for i, p in enumerate(window, start)}
     tolerance = info.frame_ticks() // 2
-    # checksum=0: showinfo would otherwise checksum every full-size frame (~30% of ffmpeg's CPU time here).
-    chain = ["showinfo=checksum=0", normalize_filter(info, deinterlace)]
+    chain = [normalize_filter(info, deinterlace)]
     if size is not None:
         chain.append(geometry.ffmpeg_filter(size, fit))
-    args = ["-i", info.path, "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", ",".join(c for c in chain if c) +
-            ",format=rgb24", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    args = ["-i", info.path, "-map", "0:V:0", "-an", "-sn", "-dn", "-vf",
+            ",".join([c for c in chain if c] + ["format=rgb24"]), "-fps_mode", "passthrough",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     # Accurate seek: ffmpeg decodes from the keyframe before the point and drops the frames earlier than
     # it; the point lies half a frame before the segment's first frame. Some demuxers (MPEG-TS: by byte
     # position, no index) land on a keyframe *after* the point: then the segment's first frames would be
@@ -674,11 +676,16 @@ def read_frames(path, size=None, fit="crop", start=0, stop=None, info=None, thre
         seek = None if point is None else float(point) - margin - info.container_start
         if seek is not None and seek <= 0:
             seek, margin = None, None  # from the beginning: nothing earlier to retry
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "info", "-copyts", "-threads", str(threads)]
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info", "-copyts",
+               "-threads", str(threads)]
+        if threads > 0:
+            # The filters' threads too (by default one per core): on a 768x576 film scaled to 64x64 their
+            # hand-overs cost 10-20% of the decoder's CPU, for the same pixels.
+            cmd[1:1] = ["-filter_threads", str(threads)]
         if seek is not None:
             cmd += ["-ss", f"{seek:.6f}"]  # -ss counts from the container's start time
         retry = False
-        frames = _decode(cmd + args, h * w * 3, stall, status)
+        frames = _decode(cmd + args, h * w * 3, info.time_base, stall, status)
         try:
             for pts, data in frames:
                 index = _index(pts, index_of, window, start, tolerance)
@@ -708,26 +715,66 @@ def read_frames(path, size=None, fit="crop", start=0, stop=None, info=None, thre
                          f"({status.get('error') or 'ffmpeg gave none'})")
 
 
-def _decode(cmd, frame_bytes, stall, status):
-    """Run an ffmpeg decoder whose graph starts with ``showinfo``; yield ``(pts, raw frame bytes)``.
-    Sets ``status["stalled"]`` when the watchdog stopped it and ``status["error"]`` to ffmpeg's complaint."""
-    proc = _popen(cmd)
-    watchdog = Watchdog(proc, stall)
-    log = _StderrReader(proc.stderr, watchdog)
-    log.start()
+# What ffmpeg reports of each frame it hands to the output (``-stats_enc_pre``), on a pipe of its own: the
+# frame's time base and pts, one short line per frame, written before the frame's pixels.
+_STATS_FORMAT = "{tb} {pts}"
+_PIPE_BYTES = 1 << 20    # stdout pipe capacity asked for: ffmpeg runs further ahead, fewer switches between them
+
+
+def _decode(cmd, frame_bytes, time_base, stall, status):
+    """Run an ffmpeg decoder (``cmd`` ends with its output, "-"); yield ``(pts in time_base units, raw frame
+    bytes)`` for each frame it outputs. The pts is the one ffmpeg itself gives the frame as it leaves the
+    filters (what ``showinfo`` would print, without its log line of ~300 characters to format, write and parse
+    per frame). Needs ffmpeg 6.1 or later (imageio-ffmpeg's is). Sets ``status["stalled"]`` when the watchdog
+    stopped it and ``status["error"]`` to ffmpeg's complaint."""
+    read_end, write_end = os.pipe()
     try:
-        while True:
+        # The encoder's time base is the filters' (the stream's: no filter here changes it), not 1/rate.
+        cmd = cmd[:-1] + ["-enc_time_base:v", "filter", "-stats_enc_pre", f"pipe:{write_end}",
+                          "-stats_enc_pre_fmt", _STATS_FORMAT, cmd[-1]]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                pass_fds=(write_end,), bufsize=max(frame_bytes, _PIPE_BYTES))
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    with contextlib.suppress(AttributeError, OSError):  # Linux only; a smaller pipe only costs switches
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+    stats = open(read_end, "rb")
+    watchdog = Watchdog(proc, stall)
+    log = _StderrReader(proc.stderr, watchdog, frames=False)
+    log.start()
+    scales = {}
+    try:
+        for line in stats:
+            watchdog.touch()
+            try:
+                tb, pts = line.split()
+                pts = int(pts)
+            except ValueError:
+                continue  # not a frame's line (ffmpeg prints nothing else there)
             data = _read_exact(proc.stdout, frame_bytes, watchdog)
             if data is None:
                 break
-            item = log.frames.get()
-            if item is None:
-                break
-            yield item[0], data
+            if tb not in scales:
+                scales[tb] = _scale(tb, time_base)
+            if scales[tb] is not None and pts != NOPTS:
+                pts = round(pts * scales[tb]) if scales[tb] != 1 else pts
+            yield pts, data
     finally:
         _finish(proc, watchdog, log)
+        stats.close()
         status["stalled"] = status.get("stalled") or watchdog.stalled
         status["error"] = log.error_line()
+
+
+def _scale(text, time_base):
+    """How many ``time_base`` units one tick of ffmpeg's time base ``text`` ("1/25") is; None if unreadable."""
+    try:
+        return Fraction(text.decode()) / time_base
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def _index(pts, index_of, window, start, tolerance):

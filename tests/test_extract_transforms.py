@@ -1,6 +1,8 @@
 """The extraction pipeline's pieces: the TensorFlow-free record encoder and TFRecord writer, the split rules,
 and each DoFn / PTransform run in memory with TestPipeline."""
+import dataclasses
 import os
+from fractions import Fraction
 
 import apache_beam as beam
 import cv2
@@ -120,6 +122,49 @@ def test_keyframes_and_cheap_segment_starts(gop_film, short_film):
     # x264's default GOP (250 frames) is longer than the 75-frame fixture: one segment, no wasted decoding.
     short = media.probe(short_film)
     assert media.keyframe_segments(short, short.keyframes, 0.5, 0, 75) == [(0, 75)]
+
+
+def _film_info(width, height, seconds, rate=25, key_every=250):
+    """The facts of a constant-rate film as probe gives them (no file needed to cut it)."""
+    n = int(seconds * rate)
+    return media.VideoInfo(path="f.avi", width=width, height=height, time_base=Fraction(1, rate),
+                           pts=tuple(range(n)), fps=Fraction(rate), vfr=False, duration=n / rate,
+                           video_codec="mpeg4", audio_codec=None, size_bytes=0, mtime=0.0, coded_width=width,
+                           coded_height=height, keyframes=tuple(range(0, n, key_every)))
+
+
+def test_segments_sized_by_work_and_workers():
+    film = _film_info(768, 576, 300)   # the issue's kind of film: 7,500 frames of 768x576
+    cut = lambda info, workers: media.keyframe_segments(
+        info, info.keyframes, decode.segment_seconds(info, 0, info.num_frames, workers), 0, info.num_frames)
+    # Two workers: two work items each (not the 30 that 10 s pieces gave), cut after keyframes, covering it.
+    ranges = cut(film, 2)
+    assert len(ranges) == 4 and ranges[0][0] == 0 and ranges[-1][1] == 7500
+    assert all(a == b for (_, a), (b, _) in zip(ranges, ranges[1:]))
+    assert all(a - 1 in film.keyframes for a, _ in ranges[1:])
+    # Workers not known (a remote runner): as many items as hold SEGMENT_PIXELS each, no fewer seconds than 10.
+    assert len(cut(film, 0)) == 7500 * 768 * 576 // decode.SEGMENT_PIXELS == 6
+    # Less work than one item per worker: one item, not four tiny ones; a short film is never cut under 10 s.
+    assert len(cut(_film_info(160, 120, 300), 2)) == 1
+    assert decode.segment_seconds(_film_info(1920, 1080, 4), 0, 100, 64) == decode.AUTO_SEGMENT_SECONDS
+    # An odd count would leave a worker idle at the end: a multiple of the workers.
+    assert len(cut(_film_info(640, 360, 300), 2)) == 2
+    # With segment_seconds given, it decides alone (tests below cut 3 s films in 0.5 s pieces).
+    assert ExtractConfig(inputs=(), output="", segment_seconds=None).segment_seconds is None
+    # The workers counted are the local runner's; another runner's are not known here.
+    from pipelines.extract_beam import local_workers, pipeline_options
+    assert local_workers(*pipeline_options([])) == (os.cpu_count() or 1)
+    assert local_workers(*pipeline_options(["--direct_num_workers", "3"])) == 3
+    assert local_workers(*pipeline_options(["--runner", "DirectRunner"])) == 0
+
+
+def test_segment_film_sized_by_work_gives_a_short_film_one_item(gop_film, tmp_path):
+    s = dataclasses.replace(settings(tmp_path, segment_seconds=None), workers=2)
+    with pipeline() as p:
+        planned = p | beam.Create([film_input(gop_film)]) | beam.ParDo(SegmentFilm(s)).with_outputs(
+            "report", main="segments")
+        ranges = planned.segments | beam.Map(lambda seg: (seg["start"], seg["stop"]))
+        assert_that(ranges, equal_to([(0, 75)]))
 
 
 def test_segment_film_covers_the_film_with_segments(gop_film, tmp_path):
