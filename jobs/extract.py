@@ -85,10 +85,11 @@ def build_parser():
     g.add_argument("--stall-seconds", type=float, default=120.0, metavar="SECONDS",
                    help="stop an ffmpeg process whose output has not moved for SECONDS and skip what it was "
                         "reading, reported as one line (default: %(default)s)")
-    g.add_argument("--segment-seconds", type=float, default=10.0, metavar="SECONDS",
+    g.add_argument("--segment-seconds", type=float, default=None, metavar="SECONDS",
                    help="least length of the pieces a film is cut into (each starts right after a keyframe, "
                         "where decoding is cheap); each is a separate work item, so one long film keeps every "
-                        "worker busy (default: %(default)s)")
+                        "worker busy (default: sized by the work, frames x pixels, and the local workers: "
+                        "at least 10 s, at most two pieces per worker)")
     g = p.add_argument_group("encoding and shards")
     g.add_argument("--format", default="png", choices=("png", "jpeg"),
                    help="picture encoding in the records: png is lossless (default: %(default)s)")

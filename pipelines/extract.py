@@ -66,7 +66,7 @@ class ExtractConfig:
     end: float | None = None       # films: seconds into each where extraction stops (> start); None: its end
     deinterlace: str = "auto"      # media.DEINTERLACE: "auto" deinterlaces interlaced films, "off" keeps fields
     stall_seconds: float = media.STALL_SECONDS  # an ffmpeg process silent this long (> 0): its input is skipped
-    segment_seconds: float | None = 10.0  # least seconds of film per work item (> 0), each cut right after a
+    segment_seconds: float | None = None  # least seconds of film per work item (> 0), each cut right after a
     # keyframe; None: sized by the work (frames x pixels) and the runner's workers (extract_decode.segment_seconds)
     format: str = "png"            # schema.IMAGE_FORMATS: "png" (lossless) | "jpeg"
     quality: int = 95              # JPEG quality 1..100 (format "jpeg" only)
