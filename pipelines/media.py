@@ -174,6 +174,8 @@ class Watchdog:
 
     def stop(self):
         self._done.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()  # at once: the wait it sleeps in returns when _done is set
 
 
 class _StderrReader(threading.Thread):

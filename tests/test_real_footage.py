@@ -200,6 +200,7 @@ def test_fuzzed_films_give_frames_or_one_line(kinds_dir, tmp_path):
     faulthandler.dump_traceback_later(900, exit=True)  # a hang fails the run instead of blocking it
     try:
         outcomes = {"frames": 0, "refused": 0}
+        before = {t.ident for t in threading.enumerate()}  # earlier tests' threads (a Dask client's) are theirs
         for path in fuzzed_films(tmp_path, kinds_dir):
             try:
                 info = media.probe(path, stall_seconds=20)
@@ -210,7 +211,8 @@ def test_fuzzed_films_give_frames_or_one_line(kinds_dir, tmp_path):
                 message = str(e)
                 assert message.startswith(path) and "\n" not in message, message
                 outcomes["refused"] += 1
-            assert threading.active_count() < 20  # no reader or watchdog threads left behind
+            left = [t.name for t in threading.enumerate() if t.ident not in before]
+            assert not left, left  # no reader or watchdog threads left behind
     finally:
         faulthandler.cancel_dump_traceback_later()
     assert outcomes["frames"] + outcomes["refused"] == 200
