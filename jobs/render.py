@@ -102,8 +102,8 @@ def config_from_args(args, beam_args=()):
         side_by_side=args.side_by_side, blend=args.blend, smooth=args.smooth, audio=not args.no_audio,
         audio_track=args.audio_track, deinterlace="off" if args.keep_fields else "auto",
         stall_seconds=args.stall_seconds, batch_size=args.batch_size, model_threads=args.model_threads,
-        segment_seconds=args.segment_seconds, overwrite=args.overwrite, runner=args.runner, beam_args=tuple(beam_args), score=args.score,
-        settings=getattr(args, "settings", None))
+        segment_seconds=args.segment_seconds, overwrite=args.overwrite, runner=args.runner,
+        beam_args=tuple(beam_args), score=args.score, settings=getattr(args, "settings", None))
     if args.attribute_data and not args.attribute:
         raise CadlError("--attribute-data: give the attribute too, e.g. --attribute Smiling=1.5")
     if args.attribute:
