@@ -148,7 +148,8 @@ def _render(c, held):
     plan = SegmentPlan(info=info, layout=layout, fmt=fmt, parts=work.path,
                        segments=tuple(info.segments(c.segment_seconds)), smooth=c.smooth_frames,
                        batch_size=c.batch_size, deinterlace=c.deinterlace, stall_seconds=c.stall_seconds,
-                       latent_shift=shift, encoder_threads=_encoder_threads(model_threads))
+                       latent_shift=shift, model_threads=c.model_threads,
+                       encoder_threads=_encoder_threads(model_threads))
     done = work.open(_fingerprint(info, model_file, plan), plan.segments, fmt)
     pending = [k for k in range(len(plan.segments)) if k not in done]
     resumed_at = plan.segments[pending[0]][0] if done and pending else (info.num_frames if done else 0)

@@ -70,6 +70,7 @@ class SegmentPlan:
     smooth: int = 1            # frames averaged per latent: odd, 1 = off
     latent_shift: tuple = None  # added to every frame's z before decoding (--attribute), None = off
     batch_size: int = 16       # frames per model call
+    model_threads: int = 0     # RenderConfig.model_threads: what a Beam worker gives its model (0 = automatic)
     encoder_threads: int = 0   # ffmpeg's encoder threads per segment; 0 = its own choice (every core)
     deinterlace: str = "auto"  # media.DEINTERLACE
     stall_seconds: float = media.STALL_SECONDS
@@ -370,7 +371,7 @@ def _render_segment_fn():
 
         def setup(self):
             from pipelines import export
-            export.share_cpu_with_ffmpeg()
+            export.share_cpu_with_ffmpeg(self.plan.model_threads)
             self.model = export.load_inference(self.model_path)
 
         def process(self, k):
