@@ -10,9 +10,12 @@ Speed, on the short film (``--seconds``, default 60):
   (a) ffmpeg alone transcoding the film to the same codec and settings (libx264, ``--crf``, ``--preset``,
       yuv420p, audio copied): the decode + encode floor; run with ffmpeg's own thread count and with the
       encoder threads the render chose, and each figure is the better of the two;
-  (b) the model alone reconstructing the same frames (already decoded and fitted, in memory) in batches of
-      the same size as the render uses, in a process of its own, with TensorFlow's own thread count and with
-      the render's (``--model-threads``); again the better of the two for each figure;
+  (b) the model alone as a job of its own: load the model, trace it (the first call) and reconstruct the
+      same frames (already decoded and fitted, in memory, untimed) in batches of the same size as the render
+      uses, in a process of its own, with TensorFlow's own thread count and with the render's
+      (``--model-threads``); again the better of the two for each figure. Like (a), whose ffmpeg starts,
+      opens its codecs and writes its file, (b) does what the model cannot be used without: the render's job
+      loads and traces the same model, and both figures leave out the interpreter and TensorFlow's import;
   ours: ``cadl render --model M --input FILM --output OUT.mp4`` as a subprocess, reported three ways: the
       whole command (interpreter, TensorFlow import, model load included), the work the job times itself
       (``seconds.total`` / ``cpu_seconds.total`` of its summary: model load, render, join), and the frames
@@ -28,11 +31,16 @@ decoder and encoders), sampled every 20 ms from /proc (a child caught between fo
 its parent's pages, is not counted twice); the Python process's own peak is shown too.
 Goal: the two peaks within 25% of each other.
 
-Last run (2 CPU cores, default 64x64 model, 320x180 film of 1,500 frames; load average 0.9 at the start):
-(a) 2.0 s, 3.0 CPU s; (b) 1.9 s, 2.5 CPU s (3.4 CPU s with TensorFlow's own two threads); cadl render: frames
-4.0 s, 6.9 CPU s (1.26x (a)+(b)); job 4.6 s, 7.5 CPU s (1.37x, the last line); whole command 7.2 s, 10.3 CPU
-s. Before this round the job took 9.1 CPU s against 5.7 for (a)+(b) with default threads (1.5x) and
-``cadl render --help`` 3.2 s. What changed, each measured here:
+Last run (Dec 2026, 2 CPU cores, a slower machine than the earlier figures below, default 64x64 model,
+320x180 film of 1,500 frames, ``--repeat 3``): (a) 4.5 s, 7.1 CPU s; (b) 8.0 s, 12.2 CPU s, 1.5 of them load
+and first call; cadl render: frames 13.4 s, 19.6 CPU s (1.10x (a)+(b) without (b)'s load); job 14.4 s, 20.6 CPU
+s (1.07x, the last line; 1.16x against a (b) without its load, the definition before this round); whole
+command 22.9 s, 29.2 CPU s, of which 8.5 s start-up ('import tensorflow' alone 8.3 s here).
+What this round changed: loading a model no longer traces the whole VAE symbolically to build it
+(``VAE.build_from_config``: the encoder and decoder are built by the constructor), and inference graphs are
+traced without autograph (they have no Python control flow): 0.2-0.4 CPU s of the model's load and first call.
+Earlier (another machine): (a) 2.0 s, 3.0 CPU s; (b) without its load 1.9 s, 2.5 CPU s; job 7.5 CPU s (1.37x);
+before that round 9.1 CPU s against 5.7 (1.5x) and ``cadl render --help`` 3.2 s. What that round changed:
   - the model gets half the cores (``--model-threads``, default) and the encoder the rest: TensorFlow with
     one thread per op takes 2.55 CPU s where two take 3.08, x264 on one thread 2.7 where three take 3.2, and
     neither slows the render (it needs both anyway): about -0.9 CPU s;
@@ -41,7 +49,10 @@ s. Before this round the job took 9.1 CPU s against 5.7 for (a)+(b) with default
     pulls in matplotlib.pyplot (0.35 s of every TensorFlow job's start); what is left before the job starts
     (2.6 s) is TensorFlow's own import (2.7 s alone here).
 Tried without gain: XLA (``jit_compile``) inference, 4.2 CPU s for what the graph does in 3.1 on this CPU;
-batches of 32 (10% less model CPU, on both sides of the ratio). Where the rest goes (py-spy, per-thread CPU
+batches of 32 (10% less model CPU, on both sides of the ratio); loading the SavedModel instead of the Keras
+file (its load costs what the Keras load and trace save; its first call still optimises the graph); no
+grappler (first call 0.1 s cheaper, every batch 15% dearer); Python converting frames to YUV 4:2:0 for the
+encoder (OpenCV's conversion costs about what ffmpeg's does, with other chroma); larger pipe buffers. Where the rest goes (py-spy, per-thread CPU
 from /proc): the decoder is a second ffmpeg process (0.5 CPU s: the transcode decodes inside its own), the
 encoder reads RGB and converts it (0.2 CPU s), Python's per-batch work in the main thread 0.4 CPU s and the
 other threads 0.3 CPU s (queues, composing, pipe writes).
@@ -122,38 +133,45 @@ def train_model(workdir, args):
 MODEL_ALONE = r"""
 import json, sys, time
 import numpy as np
-from pipelines import export, media
+from pipelines import media
 model_path, film, batch_size, threads, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-if threads != "tensorflow":
-    export.share_cpu_with_ffmpeg(int(threads))  # what cadl render does before it loads the model
-model = export.load_inference(model_path)
-size, fit = tuple(model.config["image_size"]), model.config.get("fit", "crop")
-frames = np.stack([f for _, _, f in media.read_frames(film, size=size, fit=fit)])
+frames = np.stack([f for _, _, f in media.read_frames(film, size=tuple(int(v) for v in sys.argv[6].split("x")),
+                                              fit=sys.argv[7])])
 batches = []
 for i in range(0, len(frames), batch_size):  # padded to the batch size, as the render pads
     b = frames[i:i + batch_size]
     if len(b) < batch_size:
         b = np.concatenate([b, np.zeros((batch_size - len(b),) + b.shape[1:], b.dtype)])
     batches.append(b)
-model.reconstruct(batches[0])  # trace once, untimed
+from pipelines import export  # TensorFlow's import: outside the job's time, as in the render's summary
+start, cpu = time.perf_counter(), time.process_time()
+if threads != "tensorflow":
+    export.share_cpu_with_ffmpeg(int(threads))  # what cadl render does before it loads the model
+model = export.load_inference(model_path)
+model.reconstruct(batches[0])  # the first call traces the graph: part of the model's own job
+ready = time.perf_counter() - start, time.process_time() - cpu
 best = (float("inf"), float("inf"))
 for _ in range(repeat):
     start, cpu = time.perf_counter(), time.process_time()
     for b in batches:
         model.reconstruct(b)
     best = min(best[0], time.perf_counter() - start), min(best[1], time.process_time() - cpu)
-print(json.dumps({"seconds": best[0], "cpu": best[1]}))
+print(json.dumps({"seconds": ready[0] + best[0], "cpu": ready[1] + best[1],
+                  "load_seconds": ready[0], "load_cpu": ready[1]}))
 """
 
 
-def model_alone(model, film_path, batch_size, threads, repeat, env):
-    """(seconds, CPU seconds) of the model alone reconstructing every frame of the film, decoded and fitted
-    in memory beforehand, in batches of ``batch_size``, with TensorFlow's ``threads`` per op ("tensorflow":
-    its own choice; 0: what cadl render chooses), in a process of its own (a thread count is set once)."""
+def model_alone(model, film_path, batch_size, threads, repeat, env, size, fit):
+    """The model alone, as a job of its own: load the model, trace it (the first call) and reconstruct every
+    frame of the film in batches of ``batch_size`` (frames decoded and fitted in memory beforehand, untimed),
+    with TensorFlow's ``threads`` per op ("tensorflow": its own choice; 0: what cadl render chooses), in a
+    process of its own (a thread count is set once). ``size`` (H, W) and ``fit``: the model's, from the
+    render's summary. Returns a dict: seconds, cpu (load and first call included), load_seconds, load_cpu."""
+    h, w = size
     out = subprocess.run([sys.executable, "-c", MODEL_ALONE, model, film_path, str(batch_size), str(threads),
-                          str(repeat)], env=env, check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    return result["seconds"], result["cpu"]
+                          str(repeat), f"{h}x{w}", fit],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def render_cmd(model, film_path, out, args):
@@ -183,6 +201,7 @@ def main(argv=None):
     inf = float("inf")
     best = dict.fromkeys(("ffmpeg", "model", "render", "render_job", "render_frames"), inf)
     cpu = dict.fromkeys(("ffmpeg", "model", "model_tf", "render", "render_job", "render_frames"), inf)
+    load_cpu = inf  # (b)'s model load and first call
     for _ in range(args.repeat):
         short_run = timed(render_cmd(model, short, out_ours, args), env)
         if short_run.returncode:
@@ -205,8 +224,10 @@ def main(argv=None):
                 return 1
             best["ffmpeg"], cpu["ffmpeg"] = min(best["ffmpeg"], run.seconds), min(cpu["ffmpeg"], run.cpu)
         for threads, key in (("tensorflow", "model_tf"), (args.model_threads, "model")):
-            seconds, cpu_seconds = model_alone(model, short, args.batch_size, threads, 1, env)
-            best["model"], cpu[key] = min(best["model"], seconds), min(cpu[key], cpu_seconds)
+            alone = model_alone(model, short, args.batch_size, threads, 1, env, summary["model_size"],
+                                summary["fit"])
+            best["model"], cpu[key] = min(best["model"], alone["seconds"]), min(cpu[key], alone["cpu"])
+            load_cpu = min(load_cpu, alone["load_cpu"])
         print(f"  ffmpeg {best['ffmpeg']:.1f} s ({cpu['ffmpeg']:.1f} CPU s), model {best['model']:.1f} s "
               f"({cpu['model']:.1f} CPU s), render {short_run.seconds:.1f} s ({short_run.cpu:.1f} CPU s; job "
               f"{summary['seconds']['total']:.1f} s: {summary['seconds']}; CPU {summary['cpu_seconds']}; "
@@ -240,8 +261,9 @@ def main(argv=None):
     print("\nspeed (%d frames, best of %d; cpu: CPU seconds of every process and thread, which a shared "
           "machine disturbs less than wall time):" % (n, args.repeat))
     line(f"(a) ffmpeg alone, libx264 crf {args.crf} {args.preset}:", "ffmpeg")
-    line("(b) model alone, reconstruct:", "model",
-         f"  (cpu: the lesser of {cpu['model_tf']:.1f} s with TensorFlow's threads and the render's)")
+    line("(b) model alone: load, trace, reconstruct:", "model",
+         f"  (cpu: the lesser of {cpu['model_tf']:.1f} s with TensorFlow's threads and the render's; "
+         f"{load_cpu:.1f} s of it load and first call)")
     line("cadl render, whole command:", "render",
          f"  = {best['render'] / floor:.2f}x the larger of (a), (b); cpu {cpu['render'] / cpu_floor:.2f}x "
          f"(a)+(b); interpreter, imports, model load included")
@@ -250,7 +272,7 @@ def main(argv=None):
          f"(a)+(b) (model load included)")
     line("cadl render, frames only (no load, join):", "render_frames",
          f"  = {best['render_frames'] / floor:.2f}x the larger of (a), (b); "
-         f"cpu {cpu['render_frames'] / cpu_floor:.2f}x (a)+(b)")
+         f"cpu {cpu['render_frames'] / (cpu_floor - load_cpu):.2f}x (a)+(b) without (b)'s load")
     print(f"  (a) and (b) need {cpu_floor:.1f} CPU s: on {os.cpu_count()} cores no overlap of them can take less "
           f"than {cpu_floor / os.cpu_count():.1f} s")
     print(f"\nstart-up: {start_up:.1f} s before the job starts (whole command minus the job's own time); "
@@ -266,7 +288,7 @@ def main(argv=None):
     result = {"frames": n, "ffmpeg_s": best["ffmpeg"], "model_s": best["model"],
               "render_s": best["render"], "render_job_s": best["render_job"],
               "render_frames_s": best["render_frames"], "ffmpeg_cpu_s": cpu["ffmpeg"],
-              "model_cpu_s": cpu["model"], "render_cpu_s": cpu["render"], "render_job_cpu_s": cpu["render_job"],
+              "model_cpu_s": cpu["model"], "model_load_cpu_s": load_cpu, "render_cpu_s": cpu["render"], "render_job_cpu_s": cpu["render_job"],
               "render_frames_cpu_s": cpu["render_frames"], "start_up_s": start_up,
               "import_tensorflow_s": tf_import.seconds, "help_s": help_run.seconds,
               "ratio_command": best["render"] / floor, "ratio_job": best["render_job"] / floor,

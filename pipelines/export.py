@@ -134,12 +134,13 @@ class Inference:
         self.path = path
         self.config = dict(model.config)
         self.encoder, self.decoder = model.encoder, model.decoder
-        self._encode = tf.function(lambda x: self.encoder(to_float(x), training=False)[0],
-                                   reduce_retracing=True)
-        self._decode = tf.function(lambda z: to_uint8(self.decoder(z, training=False)), reduce_retracing=True)
+        # No Python control flow in these: autograph would only add to the first call's tracing.
+        graph = dict(reduce_retracing=True, autograph=False)
+        self._encode = tf.function(lambda x: self.encoder(to_float(x), training=False)[0], **graph)
+        self._decode = tf.function(lambda z: to_uint8(self.decoder(z, training=False)), **graph)
         self._reconstruct = tf.function(
             lambda x: to_uint8(self.decoder(self.encoder(to_float(x), training=False)[0], training=False)),
-            reduce_retracing=True)
+            **graph)
 
     def _check(self, images):
         images = np.asarray(images)

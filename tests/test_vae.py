@@ -170,3 +170,15 @@ def test_load_inference_errors(tmp_path):
     (tmp_path / "bad.keras").write_bytes(b"not a zip")
     with pytest.raises(CadlError, match="cannot load"):
         export.load_inference(tmp_path / "bad.keras")
+
+
+def test_a_loaded_vae_holds_every_weight_it_was_saved_with(tmp_path):
+    # Loading skips Keras' symbolic build (VAE.build_from_config): nothing may be left unbuilt or unloaded.
+    model = vae.VAE(tiny(image_size=[16, 16], widths=[4, 4])).build_all()
+    x = frames(4, size=(16, 16))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert loaded.built and [w.path for w in loaded.weights] == [w.path for w in model.weights]
+    for saved, restored in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(restored), err_msg=saved.path)
+    np.testing.assert_array_equal(loaded(x), model(x))
