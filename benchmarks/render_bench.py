@@ -38,7 +38,8 @@ s (1.07x, the last line; 1.16x against a (b) without its load, the definition be
 command 22.9 s, 29.2 CPU s, of which 8.5 s start-up ('import tensorflow' alone 8.3 s here).
 What this round changed: loading a model no longer traces the whole VAE symbolically to build it
 (``VAE.build_from_config``: the encoder and decoder are built by the constructor), and inference graphs are
-traced without autograph (they have no Python control flow): 0.2-0.4 CPU s of the model's load and first call.
+traced without autograph (they have no Python control flow): about 0.25 CPU s of the model's load and first
+call.
 Earlier (another machine): (a) 2.0 s, 3.0 CPU s; (b) without its load 1.9 s, 2.5 CPU s; job 7.5 CPU s (1.37x);
 before that round 9.1 CPU s against 5.7 (1.5x) and ``cadl render --help`` 3.2 s. What that round changed:
   - the model gets half the cores (``--model-threads``, default) and the encoder the rest: TensorFlow with
@@ -52,10 +53,13 @@ Tried without gain: XLA (``jit_compile``) inference, 4.2 CPU s for what the grap
 batches of 32 (10% less model CPU, on both sides of the ratio); loading the SavedModel instead of the Keras
 file (its load costs what the Keras load and trace save; its first call still optimises the graph); no
 grappler (first call 0.1 s cheaper, every batch 15% dearer); Python converting frames to YUV 4:2:0 for the
-encoder (OpenCV's conversion costs about what ffmpeg's does, with other chroma); larger pipe buffers. Where the rest goes (py-spy, per-thread CPU
-from /proc): the decoder is a second ffmpeg process (0.5 CPU s: the transcode decodes inside its own), the
-encoder reads RGB and converts it (0.2 CPU s), Python's per-batch work in the main thread 0.4 CPU s and the
-other threads 0.3 CPU s (queues, composing, pipe writes).
+encoder (OpenCV's conversion costs about what ffmpeg's does, with other chroma); larger pipe buffers.
+Where the rest went on the earlier machine (py-spy, per-thread CPU from /proc): the decoder is a second
+ffmpeg process (0.5 CPU s: the transcode decodes inside its own), the encoder reads RGB and converts it
+(0.2 CPU s), Python's per-batch work in the main thread 0.4 CPU s and the other threads 0.3 CPU s (queues,
+composing, pipe writes). On this round's machine: TensorFlow's compute 10.6 CPU s (as the model alone), the
+main thread 1.8 (load 0.9, trace 0.7), the encoder ~6.9 and decoder ~1.5 (against 7.3 for (a)), the writer
+thread 0.6.
 Earlier: peak memory 749 MiB (60 s film) vs 756 MiB (600 s film), 1.01x.
 
 Start-up: importing Apache Beam delays a render's start by about a second, which is why
@@ -288,7 +292,8 @@ def main(argv=None):
     result = {"frames": n, "ffmpeg_s": best["ffmpeg"], "model_s": best["model"],
               "render_s": best["render"], "render_job_s": best["render_job"],
               "render_frames_s": best["render_frames"], "ffmpeg_cpu_s": cpu["ffmpeg"],
-              "model_cpu_s": cpu["model"], "model_load_cpu_s": load_cpu, "render_cpu_s": cpu["render"], "render_job_cpu_s": cpu["render_job"],
+              "model_cpu_s": cpu["model"], "model_load_cpu_s": load_cpu, "render_cpu_s": cpu["render"],
+              "render_job_cpu_s": cpu["render_job"],
               "render_frames_cpu_s": cpu["render_frames"], "start_up_s": start_up,
               "import_tensorflow_s": tf_import.seconds, "help_s": help_run.seconds,
               "ratio_command": best["render"] / floor, "ratio_job": best["render_job"] / floor,
