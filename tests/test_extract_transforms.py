@@ -61,6 +61,30 @@ def test_encoder_refuses_a_schema_it_does_not_know():
         RecordEncoder((18, 32), "png", feature_names=schema.FEATURE_NAMES + ("depth",))
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (1, 1), (3, 200), (72, 128)])
+def test_png_records_decode_to_the_same_pixels_everywhere(shape):
+    """cadl writes its own PNGs: TensorFlow (training), OpenCV and Pillow must read back the very pixels, and
+    the bytes must stay compact (the "up" filter and run-length deflate, as libpng would write them)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(sum(shape))
+    h, w = shape
+    smooth = np.linspace(0, 255, h * w * 3).reshape(h, w, 3).astype(np.uint8)
+    for rgb in (smooth, rng.integers(0, 256, (h, w, 3), dtype=np.uint8), np.zeros((h, w, 3), np.uint8)):
+        data = decode.encode_png(rgb)
+        assert np.array_equal(tf.io.decode_png(data, channels=3).numpy(), rgb)
+        assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1], rgb)
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.mode == "RGB" and np.array_equal(np.asarray(im), rgb)
+        libpng = cv2.imencode(".png", rgb[..., ::-1].copy(), [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+                                                               cv2.IMWRITE_PNG_STRATEGY,
+                                                               cv2.IMWRITE_PNG_STRATEGY_RLE])[1]
+        assert len(data) <= len(libpng) * 1.02 + 16
+    assert len(decode.encode_png(np.zeros((h, w, 3), np.uint8))) < 100 + h * 8  # runs compress
+
+
 @pytest.mark.parametrize("compression", ["", "GZIP"])
 def test_tfrecord_file_is_read_by_tensorflow(tmp_path, compression):
     path = str(tmp_path / ("x.tfrecord" + (".gz" if compression else "")))
