@@ -95,11 +95,19 @@ def _filtered_stderr():
 
 
 def quiet_imports(tensorflow=True, beam=True):
-    """Import TensorFlow (and look for GPUs) and Beam once, without their start-up chatter."""
+    """Import TensorFlow (and look for GPUs) and Beam once, without their start-up chatter.
+
+    Ctrl-C or SIGTERM while they import is held and raised as ``KeyboardInterrupt`` once they are in: raised
+    inside an import, the interrupt can land in a library's bare ``except:`` around an optional import and be
+    lost (the job then ran to its end)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # Beam logs optional-dependency warnings on import
+    held, previous = [], {}
+    with contextlib.suppress(ValueError):  # off the main thread: nothing to hold
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
         with _filtered_stderr():
             if tensorflow:
@@ -109,6 +117,10 @@ def quiet_imports(tensorflow=True, beam=True):
                 import apache_beam  # noqa: F401
     finally:
         root.setLevel(level)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        raise KeyboardInterrupt("SIGTERM" if held[0] == signal.SIGTERM else "")
 
 
 def _import_tensorflow():

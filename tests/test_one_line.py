@@ -105,8 +105,9 @@ def _wait_for(path, timeout=120):
 
 @pytest.fixture(scope="module")
 def long_film(tmp_path_factory):
-    """A minute of 320x180: several seconds of extraction on two cores, time to interrupt it."""
-    return make_film(tmp_path_factory.mktemp("long") / "long.mp4", "testsrc2", seconds=60, size=(320, 180),
+    """A minute of 640x360: several seconds of extraction on two cores, time to interrupt it (320x180 took
+    1.3 s on a quiet machine: the signal could come after the dataset was published)."""
+    return make_film(tmp_path_factory.mktemp("long") / "long.mp4", "testsrc2", seconds=60, size=(640, 360),
                      rate="25", audio=False)
 
 
