@@ -107,7 +107,8 @@ def quiet_imports(tensorflow=True, beam=True):
     held, previous = [], {}
     with contextlib.suppress(ValueError):  # off the main thread: nothing to hold
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # (a background job ignores Ctrl-C: it still does)
+                previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
         with _filtered_stderr():
             if tensorflow:

@@ -90,8 +90,11 @@ def test_a_killed_runs_work_folder_is_removed_by_the_next(data, tmp_path):
 
 
 def _cadl(args, **kw):
+    # Ctrl-C as at a terminal: a test run started in the background (``cmd &`` in a script) ignores SIGINT,
+    # its children inherit that, and Python then leaves SIGINT ignored, as shells expect of background jobs.
     return subprocess.Popen([sys.executable, "-m", "jobs.cli"] + args, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), **kw)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 def _wait_for(path, timeout=120):
