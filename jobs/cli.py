@@ -97,9 +97,9 @@ def _filtered_stderr():
 def quiet_imports(tensorflow=True, beam=True):
     """Import TensorFlow (and look for GPUs) and Beam once, without their start-up chatter.
 
-    Ctrl-C or SIGTERM while they import is held and raised as ``KeyboardInterrupt`` once they are in: raised
-    inside an import, the interrupt can land in a library's bare ``except:`` around an optional import and be
-    lost (the job then ran to its end)."""
+    Ctrl-C or SIGTERM while they import is held and raised as ``KeyboardInterrupt`` once they are in, so that
+    no library's bare ``except:`` around an optional import can swallow it (a guard: no such loss was seen;
+    an ignored signal, as in a background job, stays ignored)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     root = logging.getLogger()
     level = root.level
@@ -107,7 +107,7 @@ def quiet_imports(tensorflow=True, beam=True):
     held, previous = [], {}
     with contextlib.suppress(ValueError):  # off the main thread: nothing to hold
         for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:  # (a background job ignores Ctrl-C: it still does)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
                 previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
         with _filtered_stderr():

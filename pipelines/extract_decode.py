@@ -168,7 +168,7 @@ class _Moments:
 
 # -- the DoFns ------------------------------------------------------------------------------------------
 class _Encode:
-    """Fitting and encoding shared by the decoders: an RGB picture -> PNG or JPEG bytes."""
+    """The encoding shared by the decoders: an RGB picture -> PNG or JPEG bytes."""
 
     def __init__(self, settings):
         self.settings = settings
