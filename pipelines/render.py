@@ -46,9 +46,9 @@ STATE = "state.json"
 class RenderConfig:
     """Every knob of a render; the defaults are ``cadl render``'s.
 
-    ``score``: the summary gets ``"score"``, the written film against its source (``pipelines.metrics``), both
-    decoded at the model's input size with the model's fit (the source as the model saw it; the output, codec
-    losses included, brought back to those pixels), streamed: {"psnr": dB, "ssim", "ms_ssim" (None when the
+    ``score``: the summary gets ``"score"``, the written film against its source (``pipelines.metrics``), at
+    the model's input size (the source as the model saw it; the output, codec losses included, brought back
+    to the model's pixels by the exact inverse of the render's enlargement), streamed: {"psnr": dB, "ssim", "ms_ssim" (None when the
     size holds fewer than 2 scales), "laplacian_ratio" (detail kept: render / source), "flicker_ratio"
     (frame-to-frame change: render / source), "frames", "size": [H, W], "reference": the source's path,
     "resolution": "model"}. Not with ``side_by_side`` or a PNG sequence output."""
@@ -448,7 +448,7 @@ def _score(c, info, layout, out):
     from pipelines import metrics
 
     t = time.time()
-    figures = metrics.score_films(info.path, out, layout.model, layout.fit, deinterlace=c.deinterlace,
+    figures = metrics.score_films(info.path, out, layout, deinterlace=c.deinterlace,
                                   stall_seconds=c.stall_seconds)
     log.info("score of %s against %s at %dx%d: PSNR %.2f dB, SSIM %.3f, Laplacian ratio %.2f, flicker ratio "
              "%.2f (%.1f s)", out, info.path, layout.model[0], layout.model[1], figures["psnr"] or 0.0,
