@@ -96,6 +96,10 @@ def add_options(p, preset_defaults=True):
     s.add_argument("--d-floor", type=float,
                    help="balance rule: the discriminator is not updated while its hinge loss is below this")
     s.add_argument("--ms-ssim-weight", type=float, help="> 0: add weight x (1 - MS-SSIM) to the pixel loss")
+    s.add_argument("--spectral-weight", type=float,
+                   help="> 0: add weight x the squared error of the amplitude spectra of image tiles (phase-free: "
+                        "detail drawn a little off costs less than detail blurred away once weight > 1)")
+    s.add_argument("--spectral-tile", type=int, help="side of the spectral term's tiles in pixels")
     s.add_argument("--d-lr", type=float, default=5e-4, help="the discriminator's Adam learning rate")
 
     t = p.add_argument_group("optimisation")

@@ -37,4 +37,6 @@ GAN_DEFAULTS = {
     "gan_start": 150,              # optimizer steps of pixel-only training before features + adversarial
     "d_floor": 0.3,                # balance: D is not updated while its hinge loss is below this (0: always)
     "ms_ssim_weight": 0.0,         # > 0: pixel loss += weight * P * (1 - MS-SSIM) at the scales that fit
+    "spectral_weight": 0.0,        # > 0: pixel loss += weight * the squared error of the tiles' amplitude spectra
+    "spectral_tile": 16,           # side of those tiles (pixels; must divide the image's sides)
 }

@@ -73,6 +73,8 @@ class TrainConfig:
     gan_start: Optional[int] = None         # steps of pixel-only training before features + adversarial
     d_floor: Optional[float] = None         # balance: D waits while its hinge loss is below this
     ms_ssim_weight: Optional[float] = None  # > 0: pixel loss += weight x (1 - MS-SSIM) per pixel
+    spectral_weight: Optional[float] = None # > 0: pixel loss += weight x squared error of tiles' amplitude spectra
+    spectral_tile: Optional[int] = None     # side of those tiles in pixels
     d_lr: float = 5e-4                      # the discriminator's Adam learning rate (sharp)
     # optimisation
     batch_size: int = 32                    # images per step (global, over all replicas)

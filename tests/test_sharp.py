@@ -2,6 +2,7 @@
 is exact, its export is a plain VAE that renders, and a render's --score summary."""
 import os
 
+import cv2
 import imageio
 import keras
 import numpy as np
@@ -131,3 +132,30 @@ def test_score_refuses_side_by_side(sharp_run, tmp_path):
     with pytest.raises(CadlError, match="not with --side-by-side"):
         render.run(["--model", sharp_run[0], "--input", "x.mp4", "--output", str(tmp_path / "o.mp4"),
                     "--side-by-side", "--score"])
+
+
+def test_spectral_distance_is_phase_free_and_bounded_by_the_squared_error():
+    x = frames(4, (32, 32)).astype(np.float32) / 255
+    blur = np.stack([cv2.GaussianBlur(f, (0, 0), 1.0) for f in x])
+    shift = np.roll(x, 1, axis=2)  # the same detail, one pixel off
+
+    def sse(y):
+        return float(np.mean(np.sum((x - y) ** 2, axis=(1, 2, 3))))
+
+    def spectral(y, tile=16):
+        return float(vaegan.spectral_distance(tf.constant(x), tf.constant(y), tile))
+
+    assert spectral(x) == pytest.approx(0.0, abs=1e-6)
+    assert spectral(shift, tile=32) == pytest.approx(0.0, abs=1e-3)  # a shift within one (periodic) tile: free
+    for y in (blur, shift):
+        assert 0 < spectral(y) <= sse(y) * (1 + 1e-5)
+    # against the blur, the shifted detail costs far less here than in the squared error
+    assert spectral(shift) / spectral(blur) < 0.5 * sse(shift) / sse(blur)
+
+
+def test_spectral_term_is_in_the_pixel_loss():
+    model = _model(gan_start=100, spectral_weight=3.0)
+    log = _steps(model, tf.constant(frames(8, (16, 16))), 1)[0]
+    assert log["pixel"] > log["reconstruction"] > 0
+    with pytest.raises(ValueError, match="spectral_tile 5 must divide"):
+        vaegan.VAEGAN(vae.make_config(vae.TINY), gan={"spectral_weight": 1.0, "spectral_tile": 5})
