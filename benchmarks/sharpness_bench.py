@@ -60,14 +60,13 @@ def _picture(path, film, outputs, size, count=4):
     ``--score`` brings them back), 2x nearest-upscaled."""
     import numpy as np
 
-    from pipelines import geometry, media, video_out, visual
+    from pipelines import geometry, media, metrics, video_out, visual
 
     info = media.probe(film)
     layout = geometry.make_layout(info, {"image_size": list(size), "fit": "crop"}, video_out.output_format(film))
     picks = [round((i + 0.5) * info.num_frames / count) for i in range(count)]
     source = {i: f for i, _, f in media.read_frames(film, size=size, fit="crop") if i in picks}
-    columns = [source] + [{i: np.clip(np.rint(geometry.to_model(f, layout)), 0, 255).astype(np.uint8)
-                           for i, _, f in media.read_frames(o) if i in picks} for o in outputs]
+    columns = [source] + [{i: f for i, f in metrics.read_render(o, layout) if i in picks} for o in outputs]
     tiles = [col[i].repeat(2, 0).repeat(2, 1) for i in picks for col in columns]
     visual.write_png(path, visual.montage(np.stack(tiles), cols=len(columns), pad=2))
 

@@ -10,7 +10,7 @@ layer. Here:
     D: x or y -> [features after each 4x4 stride-2 spectral-norm conv, ...] -> logits (B, H/2^n, W/2^n, 1)
 
     generator loss = pixel (the VAE's summed error, optionally + MS-SSIM, + spectral_weight * the squared error
-                    of 16x16 tiles' amplitude spectra) + beta * KL   (warm-up: only this, the plain VAE's
+                    of spectral_tile-sided tiles' amplitude spectra) + beta * KL   (warm-up: only this, the plain VAE's
                                                                        step; D idle)
                    + on, after ``gan_start`` steps:  feature_weight * P * mean_l |D_l(x) - D_l(y)|
                                                    + lambda * (-mean D(y))         (hinge generator term)
@@ -149,8 +149,8 @@ class VAEGAN(VAE):
         """The pixel loss: the VAE's reconstruction term, + MS-SSIM and the spectral term when asked (they need
         the images ``y``)."""
         pixel = terms["reconstruction"]
-        pixels = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
         if self.gan["ms_ssim_weight"]:
+            pixels = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
             scales = ms_ssim_scales(self.config["image_size"])
             weights = tf.constant([0.0448, 0.2856, 0.3001, 0.2363, 0.1333][:scales])
             weights = weights / tf.reduce_sum(weights)

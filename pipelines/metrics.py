@@ -136,6 +136,19 @@ def score(reference, test, batch_size=64):
     return scorer.result()
 
 
+def read_render(rendered, layout, stall_seconds=None):
+    """Yield ``(index, frame)``: the plain render ``rendered`` decoded at its own size and brought back to the
+    model's pixels (``geometry.to_model``), uint8 (H, W, C) at ``layout.model``."""
+    from pipelines import geometry, media
+
+    frames = media.read_frames(rendered, deinterlace="off", stall_seconds=stall_seconds)
+    try:
+        for index, _, frame in frames:
+            yield index, np.clip(np.rint(geometry.to_model(frame, layout)), 0, 255).astype(np.uint8)
+    finally:
+        frames.close()
+
+
 def score_films(source, rendered, layout, batch_size=64, deinterlace="auto", stall_seconds=None):
     """The figures of the plain render ``rendered`` against film ``source``, frame i against frame i, at the
     model's pixels: the source decoded by ffmpeg at ``layout.model`` with ``layout.fit`` (as the model saw
@@ -143,16 +156,16 @@ def score_films(source, rendered, layout, batch_size=64, deinterlace="auto", sta
     picture by ``geometry.to_model``, the exact inverse of the render's enlargement. (A downscaling filter
     would blur the render a second time: a perfect one scored a Laplacian ratio of 0.55.) Streams
     ``batch_size`` frames at a time."""
-    from pipelines import geometry, media
+    from pipelines import media
 
     scorer = Scorer()
     a = media.read_frames(source, size=layout.model, fit=layout.fit, deinterlace=deinterlace,
                           stall_seconds=stall_seconds)
-    b = media.read_frames(rendered, deinterlace="off", stall_seconds=stall_seconds)
+    b = read_render(rendered, layout, stall_seconds=stall_seconds)
     refs, tests = [], []
-    for (_, _, ref), (_, _, test) in zip(a, b):
+    for (_, _, ref), (_, test) in zip(a, b):
         refs.append(ref)
-        tests.append(np.clip(np.rint(geometry.to_model(test, layout)), 0, 255).astype(np.uint8))
+        tests.append(test)
         if len(refs) == batch_size:
             scorer.update(np.stack(refs), np.stack(tests))
             refs, tests = [], []

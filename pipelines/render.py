@@ -48,8 +48,8 @@ class RenderConfig:
 
     ``score``: the summary gets ``"score"``, the written film against its source (``pipelines.metrics``), at
     the model's input size (the source as the model saw it; the output, codec losses included, brought back
-    to the model's pixels by the exact inverse of the render's enlargement), streamed: {"psnr": dB, "ssim", "ms_ssim" (None when the
-    size holds fewer than 2 scales), "laplacian_ratio" (detail kept: render / source), "flicker_ratio"
+    to the model's pixels by the exact inverse of the render's enlargement), streamed: {"psnr": dB, "ssim",
+    "ms_ssim" (None when the size holds fewer than 2 scales), "laplacian_ratio" (detail kept: render / source), "flicker_ratio"
     (frame-to-frame change: render / source), "frames", "size": [H, W], "reference": the source's path,
     "resolution": "model"}. Not with ``side_by_side`` or a PNG sequence output."""
     model: str                     # a run folder, its export/ folder, a .keras file or a symlink to one
